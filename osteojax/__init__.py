@@ -1,0 +1,1 @@
+"""osteojax: opportunistic osteoporosis diagnosis (TP-SwAV, MoE) and DXA-MRI alignment in JAX."""
