@@ -1,0 +1,205 @@
+"""OsteoSim images: vertebral bodies rendered as CT from a cohort row's truth.
+
+A vertebral body is a superelliptic cylinder (width x depth x height from the level and the
+patient's size) with concave endplates and a posterior indentation. Inside: a cortical shell of
+0.25-0.5 mm (partial volume) and a trabecular compartment whose bone fraction is BV/TV = vBMD /
+1000 mg/cm3, laid out as a sheet-like network (the level set |g| < t of a smooth random field g,
+t set so the expected fraction is exactly BV/TV) in marrow whose HU follows its fat fraction.
+Neighbouring vertebrae and discs sit above and below, soft tissue and fat around.
+
+The scanner then acts: kV gain on bone, HU offset, in-plane reconstruction blur and slice
+profile, averaging onto the stored grid, and correlated noise whose SD follows the voxel volume.
+All randomness comes from the `rng` argument.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage, special
+
+from osteojax.data import cohort
+from osteojax.data import params as P
+
+_W = 0.5  # soft edge width of the trabecular sheets, in units of the field's SD
+
+
+def _sheet_fraction_table():
+  """E[clip((t - |g|) / w + 1/2, 0, 1)] for g ~ N(0, 1), tabulated over thresholds t."""
+  g = np.linspace(-6, 6, 4001)
+  pdf = np.exp(-g ** 2 / 2) / np.sqrt(2 * np.pi)
+  ts = np.linspace(-_W / 2, 4.0, 600)
+  frac = np.clip((ts[:, None] - np.abs(g)[None]) / _W + 0.5, 0, 1)
+  return ts, (frac * pdf).sum(1) * (g[1] - g[0])
+
+
+_TS, _FRACS = _sheet_fraction_table()
+
+
+def sheet_threshold(bvtv):
+  """Threshold t on |g| whose soft level set occupies a fraction `bvtv` of space on average."""
+  return np.interp(bvtv, _FRACS, _TS)
+
+
+def smooth_field(rng, shape, sigma_vox):
+  """Gaussian random field with unit SD and Gaussian correlation of `sigma_vox` voxels."""
+  f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox,
+                              mode='wrap')
+  return f / max(float(f.std()), 1e-6)
+
+
+def outline_sdf(y, x, width, depth):
+  """Signed distance (mm) to the body's axial outline: (distance along the ray, outline F)."""
+  a, b = width / 2, depth / 2
+  ex = 2.5
+  f = (np.abs(x / a) ** ex + np.abs(y / b) ** ex) ** (1 / ex)
+  r = np.sqrt(x ** 2 + y ** 2)
+  return r - np.where(f > 1e-6, r / np.maximum(f, 1e-6), min(a, b)), f
+
+
+def body_sdf(z, y, x, height, width, depth):
+  """Approximate signed distance (mm, < 0 inside) to a vertebral body centred at the origin.
+
+  z, y, x: broadcastable coordinate arrays in mm (z superior, y posterior, x left-right).
+  """
+  d_xy, f = outline_sdf(y, x, width, depth)
+  hz = height / 2 * (1 - 0.06 * np.clip(1 - f ** 2, 0, 1))       # concave endplates
+  d = np.maximum(d_xy, np.abs(z) - hz)
+  # Posterior indentation where the body meets the spinal canal.
+  ha, hb, hy = 0.35 * width / 2, 0.3 * depth / 2, 1.1 * depth / 2
+  fh = np.sqrt((x / ha) ** 2 + ((y - hy) / hb) ** 2)
+  rh = np.sqrt(x ** 2 + (y - hy) ** 2)
+  d_hole = rh - np.where(fh > 1e-6, rh / np.maximum(fh, 1e-6), min(ha, hb))
+  return np.maximum(d, -d_hole)
+
+
+def _pv(d, h):
+  """Partial-volume occupancy of the region d < 0 for a voxel of size h (mm)."""
+  return np.clip(0.5 - d / h, 0.0, 1.0)
+
+
+def render_hu(zz, yy, xx, bodies, h, rng):
+  """True HU (reference 120 kV scanner) of a spine segment on a grid.
+
+  zz, yy, xx: [D, H, W] (or broadcastable) coordinates in mm; bodies: list of dicts with keys
+  center (z, y, x) mm, size (height, width, depth) mm, bvtv, pdff, cortex_mm; h: voxel size mm.
+  Returns (hu [D, H, W] float32, occupancy list [D, H, W] per body in [0, 1]).
+  """
+  shape = np.broadcast_shapes(zz.shape, yy.shape, xx.shape)
+  field = smooth_field(rng, shape, P.TRABECULAR_CORR_MM / h)
+  tissue = smooth_field(rng, shape, 12.0 / h)
+  fat = special.expit(2.5 * tissue - 1.0)             # patchy fat in the soft tissue
+  hu = (1 - fat) * P.HU_SOFT_TISSUE + fat * P.HU_FAT_TISSUE
+  occupied = np.zeros(shape, np.float32)
+  occupancies = []
+  centers = sorted(bodies, key=lambda b: b['center'][0])
+  for i, body in enumerate(centers):
+    cz, cy, cx = body['center']
+    height, width, depth = body['size']
+    d = body_sdf(zz - cz, yy - cy, xx - cx, height, width, depth)
+    outer = _pv(d, h)
+    inner = _pv(d + body['cortex_mm'], h)
+    shell = outer - inner
+    bone = np.clip((sheet_threshold(body['bvtv']) - np.abs(field)) / _W + 0.5, 0, 1)
+    marrow = cohort.marrow_hu(body['pdff'])
+    trab = bone * P.BONE_TISSUE_HU + (1 - bone) * marrow
+    body_hu = shell * P.HU_CORTEX_TISSUE + inner * trab
+    free = np.clip(1 - occupied, 0, 1)
+    hu = hu * (1 - outer * free) + body_hu * free
+    occupied = np.maximum(occupied, outer)
+    occupancies.append(outer)
+  for lower, upper in zip(centers[:-1], centers[1:]):  # discs fill the free space between bodies
+    cz, cy, cx = lower['center']
+    nz = upper['center'][0]
+    gap = np.abs(zz - (nz + cz) / 2) - (nz - cz) / 2
+    d_disc = np.maximum(outline_sdf(yy - cy, xx - cx, lower['size'][1], lower['size'][2])[0], gap)
+    disc = _pv(d_disc, h) * np.clip(1 - occupied, 0, 1)
+    hu = hu * (1 - disc) + disc * P.HU_DISC
+    occupied = np.maximum(occupied, disc)
+  return hu.astype(np.float32), [occupancies[centers.index(b)] for b in bodies]
+
+
+def scanner_blur_mm(scanner):
+  """(sigma_z, sigma_xy) in mm of a scanner's point spread: slice profile and kernel + pixel."""
+  s = P.SCANNERS[scanner]
+  sig_xy = np.sqrt((s['fwhm_mm'] / 2.355) ** 2 + s['pixel_mm'] ** 2 / 12)
+  return s['slice_mm'] / 2.355, sig_xy
+
+
+def noise_sd(scanner, spacing_mm):
+  """Noise SD (HU) on a grid of `spacing_mm` (z, y, x): the scanner's 1 mm figure, scaled by
+  the square root of the voxel volume it ends up averaged over (DATA_FACTS §8)."""
+  s = P.SCANNERS[scanner]
+  vz = max(s['slice_mm'], spacing_mm[0])
+  vxy = max(s['pixel_mm'], spacing_mm[1]) * max(s['pixel_mm'], spacing_mm[2])
+  return s['noise_1mm'] * np.sqrt(P.NOISE_REF_VOXEL_MM3 / (vz * vxy))
+
+
+def acquire(hu, scanner, h, factor, rng):
+  """The scanner's view of true HU on a fine grid of voxel h mm, averaged by `factor`.
+
+  hu: [D, H, W] float32 with D, H, W multiples of factor. Returns float32 [D/f, H/f, W/f].
+  """
+  s = P.SCANNERS[scanner]
+  hu = hu + (s['kv_gain'] - 1) * np.maximum(hu, 0) + s['offset']
+  sz, sxy = scanner_blur_mm(scanner)
+  hu = ndimage.gaussian_filter(hu, (sz / h, sxy / h, sxy / h), mode='nearest')
+  if factor > 1:
+    d, hh, w = hu.shape
+    hu = hu.reshape(d // factor, factor, hh // factor, factor, w // factor, factor).mean((1, 3, 5))
+  out_h = h * factor
+  noise = rng.standard_normal(hu.shape).astype(np.float32)
+  noise = ndimage.gaussian_filter(noise, (sz / out_h / 2, sxy / out_h, sxy / out_h), mode='wrap')
+  noise /= max(float(noise.std()), 1e-6)
+  return hu + noise * noise_sd(scanner, (out_h,) * 3)
+
+
+def vertebra_bodies(row, rng, center_z=0.0, neighbours=True):
+  """Body specs (see render_hu) of a row's vertebra and, optionally, the ones above/below."""
+  idx = P.LEVEL_INDEX[row['level']]
+  size = float(row['size_factor'])
+
+  def spec(level_idx, cz):
+    lev = P.LEVELS[level_idx]
+    rel = P.LEVEL_VBMD_REL[lev] / P.LEVEL_VBMD_REL[row['level']]
+    dims = tuple(v * size for v in cohort.level_size_mm(lev))
+    return dict(level=lev, center=(cz, 0.0, 0.0), size=dims,
+                bvtv=float(np.clip(row['bvtv'] * rel, 0.01, 0.6)), pdff=float(row['pdff']),
+                cortex_mm=float(rng.uniform(*P.CORTEX_MM)))
+
+  target = spec(idx, center_z)
+  bodies = [target]
+  if neighbours:
+    h0 = target['size'][0]
+    for step in (-1, 1):  # -1: the level above (cranial, +z), +1: below
+      j = idx + step
+      if 0 <= j < len(P.LEVELS):
+        h1 = cohort.level_size_mm(P.LEVELS[j])[0] * size
+        gap = rng.uniform(*P.DISC_MM)
+        bodies.append(spec(j, center_z - step * (h0 / 2 + gap + h1 / 2)))
+  return bodies
+
+
+def render_roi(row, geometry: P.RoiGeometry, rng):
+  """CT ROI of one manifest row. Returns (hu int16 [z, y, x], body mask uint8 [z, y, x])."""
+  f = geometry.supersample
+  h = geometry.spacing_mm / f
+  shape = tuple(n * f for n in geometry.shape)
+  zz, yy, xx = [((np.arange(n) - (n - 1) / 2) * h).astype(np.float32) for n in shape]
+  zz, yy, xx = zz[:, None, None], yy[None, :, None], xx[None, None, :]
+  bodies = vertebra_bodies(row, rng)
+  hu, occ = render_hu(zz, yy, xx, bodies, h, rng)
+  ct = acquire(hu, row['scanner'], h, f, rng)
+  d, hh, w = geometry.shape
+  mask = occ[0].reshape(d, f, hh, f, w, f).mean((1, 3, 5)) >= 0.5
+  ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
+  return ct, mask.astype(np.uint8)
+
+
+def to_image(array, spacing_mm, origin=(0.0, 0.0, 0.0), direction=None):
+  """numpy [z, y, x] -> SimpleITK image with (x, y, z) spacing/origin and optional direction."""
+  img = sitk.GetImageFromArray(array)
+  img.SetSpacing(tuple(float(s) for s in spacing_mm[::-1]))
+  img.SetOrigin(tuple(float(o) for o in origin))
+  if direction is not None:
+    img.SetDirection(tuple(float(v) for v in direction))
+  return img
