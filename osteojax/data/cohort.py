@@ -155,6 +155,24 @@ def draw_subjects(rng, age, female):
   return dict(hu_l1=hu, pdff=pdff, size=size, base=base, resid=resid)
 
 
+def draw_elevation(rng, age, level, female, abmd):
+  """Relative DXA-only elevation of one vertebra: degeneration (both sexes) + facets (men)."""
+  degen = 0.0
+  if rng.random() < degeneration_prevalence(age, level):
+    degen = float(rng.uniform(*P.DEGENERATION_ELEVATION))
+  if not female and rng.random() < facet_prevalence(age):
+    degen += float(rng.uniform(*P.FACET_SCLEROSIS_MEN['elevation_gcm2'])) / abmd
+  return degen
+
+
+def read_dxa(rng, device, abmd, elevation, residual):
+  """One maker's reading (g/cm2): calibration of the elevated aBMD, the patient's residual for
+  this maker, and the maker's precision noise."""
+  cv = P.DEVICES[device]['precision_cv']
+  return (calibrate(device, abmd * (1 + elevation)) * (1 + residual)
+          * (1 + rng.normal(0, cv)))
+
+
 def vertebra_rows(rng, subj, i, age, female, levels, labeled):
   """Rows (dicts of truth) for patient i's vertebrae at `levels`."""
   sex = 'F' if female else 'M'
@@ -170,16 +188,10 @@ def vertebra_rows(rng, subj, i, age, female, levels, labeled):
                hu_true=float(hu_from_bvtv(bvtv, subj['pdff'][i])))
     if labeled:
       abmd = float(true_abmd(row['vbmd'], row['size_factor'], row['base_factor'], lev))
-      degen = 0.0
-      if rng.random() < degeneration_prevalence(age, lev):
-        degen = float(rng.uniform(*P.DEGENERATION_ELEVATION))
-      if not female and rng.random() < facet_prevalence(age):
-        degen += float(rng.uniform(*P.FACET_SCLEROSIS_MEN['elevation_gcm2'])) / abmd
+      degen = draw_elevation(rng, age, lev, female, abmd)
       row.update(abmd_true=abmd, degeneration=degen)
       for d in P.DEVICE_NAMES:
-        cv = P.DEVICES[d]['precision_cv']
-        bmd = (calibrate(d, abmd * (1 + degen)) * (1 + subj['resid'][d][i])
-               * (1 + rng.normal(0, cv)))
+        bmd = read_dxa(rng, d, abmd, degen, subj['resid'][d][i])
         t = t_score(d, bmd, sex, lev)
         row.update({f'bmd_{d}': bmd, f't_{d}': t, f'label_{d}': int(t <= P.OSTEOPOROSIS_T)})
     rows.append(row)

@@ -162,7 +162,7 @@ SCANNERS = {
     'D1': dict(kv=100, kv_gain=1.14, offset=-15.0, pixel_mm=0.60, slice_mm=0.625, fwhm_mm=0.6,
                noise_1mm=38.0),
     'D2': dict(kv=120, kv_gain=1.00, offset=21.0, pixel_mm=0.90, slice_mm=5.0, fwhm_mm=1.2,
-               noise_1mm=22.0),
+               noise_1mm=30.0),
 }
 NOISE_REF_VOXEL_MM3 = 0.7 * 0.7 * 1.0   # the voxel the 20-40 HU at 1 mm refers to (§8)
 TRABECULAR_CORR_MM = 1.2   # correlation length of the visible trabecular pattern (FREE: the

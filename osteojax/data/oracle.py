@@ -1,0 +1,88 @@
+"""The oracle: the best diagnosis any CT model could make on OsteoSim.
+
+A CT shows the vertebra's anatomy: its true areal BMD follows from vBMD, size and the cortical
+part (`abmd_true`), and the patient's age, sex and level are known. What no CT can show is the
+DXA side of the label: the degenerative / facet elevation (a random event whose probability
+rises with age), the maker's per-patient residual, and the reading's precision noise. The
+oracle's score is the exact Bayes posterior P(label = 1 | abmd_true, age, sex, level, device)
+under the generator's own noise model, so its AUC and F1 are the ceiling for every model.
+
+Patient level: a patient is positive if any of their vertebrae is; the maker residual is shared
+by a patient's vertebrae, so P(any) is integrated over it (Gauss-Hermite), not multiplied.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from osteojax.data import cohort
+from osteojax.data import params as P
+
+_N_R = 32          # Gauss-Hermite nodes over the maker residual
+_N_U = 16          # midpoint nodes over each uniform elevation
+
+
+def _residual_nodes():
+  x, w = np.polynomial.hermite_e.hermegauss(_N_R)   # weight exp(-x^2/2)
+  return x * P.DEVICE_RESIDUAL_CV, w / w.sum()
+
+
+def _uniform_nodes(lo, hi):
+  return lo + (hi - lo) * (np.arange(_N_U) + 0.5) / _N_U
+
+
+def _elevations(abmd, age, level, female):
+  """Relative aBMD elevations [N, K] and their probabilities [N, K] (rows sum to 1)."""
+  n = len(abmd)
+  p_deg = np.array([cohort.degeneration_prevalence(a, l) for a, l in zip(age, level)])
+  p_fac = np.where(female, 0.0, cohort.facet_prevalence(age))
+  deg = _uniform_nodes(*P.DEGENERATION_ELEVATION)                     # [U]
+  fac = _uniform_nodes(*P.FACET_SCLEROSIS_MEN['elevation_gcm2'])      # [U] g/cm2
+  fac_rel = fac[None, :] / abmd[:, None]                              # [N, U]
+  u = 1.0 / _N_U
+  parts = [
+      (np.zeros((n, 1)), ((1 - p_deg) * (1 - p_fac))[:, None]),
+      (np.broadcast_to(deg, (n, _N_U)), (p_deg * (1 - p_fac))[:, None] * u),
+      (fac_rel, ((1 - p_deg) * p_fac)[:, None] * u),
+      ((deg[None, :, None] + fac_rel[:, None, :]).reshape(n, -1),
+       (p_deg * p_fac)[:, None] * u * u * np.ones((1, _N_U * _N_U))),
+  ]
+  return (np.concatenate([p[0] for p in parts], 1),
+          np.concatenate([np.broadcast_to(p[1], p[0].shape) for p in parts], 1))
+
+
+def conditional_probabilities(df: pd.DataFrame, device_col: str = 'device') -> np.ndarray:
+  """P(label = 1 | truth, residual r) for each row and residual node: [N, R] float64.
+
+  df: labeled rows with abmd_true, age, sex, level and the device in `device_col`.
+  """
+  r, _ = _residual_nodes()
+  out = np.zeros((len(df), len(r)))
+  for start in range(0, len(df), 512):
+    d = df.iloc[start:start + 512]
+    abmd = d.abmd_true.to_numpy(float)
+    delta, w = _elevations(abmd, d.age.to_numpy(float), d.level.to_numpy(),
+                           d.sex.to_numpy() == 'F')
+    dev = d[device_col].to_numpy()
+    slope = np.array([P.DEVICES[x]['slope'] for x in dev])
+    icpt = np.array([P.DEVICES[x]['intercept'] for x in dev])
+    cv = np.array([P.DEVICES[x]['precision_cv'] for x in dev])
+    ref = [cohort.device_reference(x, s, l) for x, s, l in zip(dev, d.sex, d.level)]
+    thr = np.array([m + P.OSTEOPOROSIS_T * s for m, s in ref])
+    mean = slope[:, None] * abmd[:, None] * (1 + delta) + icpt[:, None]        # [n, K]
+    z = (thr[:, None, None] / (mean[:, :, None] * (1 + r[None, None, :])) - 1) / cv[:, None, None]
+    out[start:start + len(d)] = np.einsum('nk,nkr->nr', w, special.ndtr(z))
+  return out
+
+
+def oracle_scores(df: pd.DataFrame, device_col: str = 'device'):
+  """Vertebra posteriors [N] and patient posteriors (Series indexed by patient_id)."""
+  cond = conditional_probabilities(df, device_col)
+  _, wr = _residual_nodes()
+  vert = cond @ wr
+  log_neg = pd.DataFrame(np.log1p(-np.clip(cond, 0, 1 - 1e-12)))
+  log_neg['patient_id'] = df.patient_id.to_numpy()
+  per_patient = log_neg.groupby('patient_id', sort=True).sum()
+  patient = pd.Series(1 - np.exp(per_patient.to_numpy()) @ wr, index=per_patient.index)
+  return vert, patient

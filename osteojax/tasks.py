@@ -1,0 +1,23 @@
+"""Task registry: config.task -> the function that runs it, `run(config, workdir)`.
+
+Every task is reached through `python -m osteojax.main`; a new task adds one line here.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+TASKS = {
+    'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
+}
+
+
+def run(config, workdir: str):
+  """Save the resolved config in workdir, then run config.task."""
+  if config.task not in TASKS:
+    raise ValueError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=1))
+  return importlib.import_module(TASKS[config.task]).run(config, workdir)

@@ -1,0 +1,69 @@
+"""The oracle's analytic posterior against Monte Carlo draws of the generator's own DXA noise."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from osteojax.data import cohort, oracle
+from osteojax.data import params as P
+from osteojax.evaluate import metrics
+
+
+@pytest.fixture(scope='module')
+def test_rows():
+  t = cohort.sample_cohort(0.1, seed=2)
+  return t[t.split != 'pretrain']
+
+
+def _mc_labels(row, device, resid, rng):
+  """Label draws for one vertebra with the given per-draw maker residuals."""
+  out = np.empty(len(resid), bool)
+  for k, r in enumerate(resid):
+    e = cohort.draw_elevation(rng, row.age, row.level, row.sex == 'F', row.abmd_true)
+    bmd = cohort.read_dxa(rng, device, row.abmd_true, e, r)
+    out[k] = cohort.t_score(device, bmd, row.sex, row.level) <= P.OSTEOPOROSIS_T
+  return out
+
+
+def test_vertebra_posterior_matches_monte_carlo(test_rows):
+  # Rows near the decision boundary, old men (facets) and women: the interesting cases.
+  vert, _ = oracle.oracle_scores(test_rows)
+  pick = np.argsort(np.abs(vert - 0.5))[:3].tolist()
+  pick += [int(np.argmax((test_rows.sex == 'M').to_numpy() * test_rows.age.to_numpy()))]
+  rows = test_rows.iloc[pick]
+  want, _ = oracle.oracle_scores(rows)
+  rng = np.random.default_rng(0)
+  n = 4000
+  for (_, row), p in zip(rows.iterrows(), want):
+    resid = rng.normal(0, P.DEVICE_RESIDUAL_CV, n)
+    got = _mc_labels(row, row.device, resid, rng).mean()
+    assert abs(got - p) < 4 * np.sqrt(p * (1 - p) / n) + 0.005, (row.roi_id, got, p)
+
+
+def test_patient_posterior_shares_the_residual(test_rows):
+  counts = test_rows.groupby('patient_id').size()
+  vert, pat = oracle.oracle_scores(test_rows)
+  # a patient with several vertebrae and an uncertain outcome
+  cand = [p for p in counts[counts >= 3].index if 0.2 < pat[p] < 0.8]
+  pid = cand[0] if cand else counts.idxmax()
+  rows = test_rows[test_rows.patient_id == pid]
+  _, want = oracle.oracle_scores(rows)
+  rng = np.random.default_rng(1)
+  n = 3000
+  resid = rng.normal(0, P.DEVICE_RESIDUAL_CV, n)        # one residual per patient draw
+  any_pos = np.zeros(n, bool)
+  for _, row in rows.iterrows():
+    any_pos |= _mc_labels(row, row.device, resid, rng)
+  p = want[pid]
+  assert abs(any_pos.mean() - p) < 4 * np.sqrt(p * (1 - p) / n) + 0.005
+  # Sharing the residual matters: independence would give a different (larger) number.
+  v, _ = oracle.oracle_scores(rows)
+  assert 1 - np.prod(1 - v) >= p - 1e-9
+
+
+def test_oracle_beats_ct_density_alone(test_rows):
+  vert, _ = oracle.oracle_scores(test_rows)
+  y = test_rows.label.astype(int).to_numpy()
+  auc_oracle = metrics.auc(y, vert)
+  auc_hu = metrics.auc(y, -test_rows.hu_true.to_numpy())
+  assert auc_oracle > auc_hu
+  assert 0.85 < auc_oracle < 1.0
