@@ -76,6 +76,7 @@ def test_main_runs_osteosim_task(tmp_path):
   assert 'Oracle ceiling' in res.stdout and '| A |' in res.stdout
   assert (tmp_path / 'wd' / 'osteosim_summary.md').exists()
   assert (tmp_path / 'wd' / 'config.json').exists()
+  assert (tmp_path / 'wd' / 'osteosim.png').stat().st_size > 10000
   bad = subprocess.run(cmd[:-2] + ['--config.task=nope'], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=300)
   assert bad.returncode != 0 and "unknown task 'nope'" in bad.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from osteojax.data import osteosim, report
+from osteojax.data import figures, osteosim, report
 from osteojax.data import params as P
 
 
@@ -37,4 +37,6 @@ def run(config, workdir: str):
   print(text, flush=True)
   with open(os.path.join(workdir, 'osteosim_summary.md'), 'w') as f:
     f.write(text)
+  png = figures.plot_osteosim(out, os.path.join(workdir, 'osteosim.png'))
+  print(f'[osteosim] summary: {workdir}/osteosim_summary.md, figure: {png}', flush=True)
   return df
