@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from osteojax.data import figures, osteosim, report
+from osteojax.data import cohort, figures, osteosim, report
 from osteojax.data import params as P
 
 
@@ -33,7 +33,8 @@ def run(config, workdir: str):
                          workers=config.data.workers)
   with open(os.path.join(out, osteosim.INFO)) as f:
     info = json.load(f)
-  text = report.summary_markdown(df, info)
+  full = cohort.sample_cohort(1.0, config.seed) if config.data.scale < 1 else None
+  text = report.summary_markdown(df, info, full)
   print(text, flush=True)
   with open(os.path.join(workdir, 'osteosim_summary.md'), 'w') as f:
     f.write(text)
