@@ -1,0 +1,237 @@
+"""Shared training machinery: state, optimiser, the one pmapped step builder, checkpoints, loop.
+
+Every task supplies a pure `loss_fn(params, batch_stats, batch, rng, step) -> (loss, (new
+batch_stats, metrics))` and a host batch maker; this module owns the rest:
+- `make_train_step`: `pmap` over local devices (axis 'batch'), gradients / loss / metrics /
+  batch statistics averaged with `lax.pmean`, one RNG per step (`fold_in(rng, step)`, the same
+  on every device). Per-example randomness comes from `example_keys`, keyed by the example's
+  *global* index, so 1 device and N devices draw the same augmentations for the same batch.
+- `Checkpoints`: orbax CheckpointManager in `<workdir>/checkpoints`; restore tries the newest
+  step first and falls back to older ones when a checkpoint is broken.
+- `fit`: the loop: resume, prefetching input, progress with step time and ETA, TensorBoard,
+  a clear stop on a non-finite loss that keeps the last good checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from jax import lax
+
+from osteojax.train import writers
+
+AXIS = 'batch'
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+class NonFiniteLoss(FloatingPointError):
+  """Raised when the loss or the parameters stop being finite."""
+
+
+def make_schedule(c, total_steps: int):
+  """Linear warm-up from 0 to c.lr over c.warmup_steps, then c.decay ('cosine'|'linear') to 0."""
+  warm = max(int(c.warmup_steps), 1)
+  rest = max(total_steps - warm, 1)
+  up = optax.linear_schedule(0.0, c.lr, warm)
+  if c.decay == 'cosine':
+    down = optax.cosine_decay_schedule(c.lr, rest)
+  elif c.decay == 'linear':
+    down = optax.linear_schedule(c.lr, 0.0, rest)
+  else:
+    raise ValueError(f'unknown decay {c.decay!r} (cosine or linear)')
+  return optax.join_schedules([up, down], [warm])
+
+
+def make_optimizer(c, total_steps: int):
+  """AdamW (the paper: betas 0.9/0.999, weight decay 0.1) on the warm-up/decay schedule."""
+  return optax.adamw(make_schedule(c, total_steps), b1=c.b1, b2=c.b2,
+                     weight_decay=c.weight_decay)
+
+
+def example_keys(rng, n_local: int, axis: str = AXIS):
+  """Per-example keys [n_local, 2] inside pmap, keyed by the global example index."""
+  start = lax.axis_index(axis) * n_local
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(start + jnp.arange(n_local))
+
+
+def make_train_step(loss_fn: Callable, axis: str = AXIS,
+                    post_update: Callable | None = None):
+  """The one pmapped train step of the project: (state, batch, rng) -> (state, metrics).
+
+  loss_fn(params, batch_stats, batch, rng, step) -> (loss, (batch_stats, metrics dict)).
+  post_update(params) -> params runs after the optimiser (e.g. prototype normalisation).
+  metrics gets 'loss' and 'finite' (1.0 when loss and gradients are finite).
+  """
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+
+    def f(params):
+      return loss_fn(params, state.batch_stats, batch, rng, state.step)
+
+    (loss, (stats, aux)), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+    grads, loss, aux, stats = lax.pmean((grads, loss, aux, stats), axis)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    state = state.apply_gradients(grads=grads, batch_stats=stats)
+    if post_update is not None:
+      state = state.replace(params=post_update(state.params))
+    return state, {'loss': loss, 'finite': finite.astype(jnp.float32), **aux}
+
+  return jax.pmap(step, axis_name=axis, in_axes=(0, 0, None), donate_argnums=0)
+
+
+def shard(batch):
+  """Host batch [B, ...] -> [local_devices, B // local_devices, ...]."""
+  n = jax.local_device_count()
+
+  def f(x):
+    if x.shape[0] % n:
+      raise ValueError(f'batch of {x.shape[0]} does not split over {n} devices')
+    return x.reshape((n, -1) + x.shape[1:])
+
+  return jax.tree_util.tree_map(f, batch)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of global batch `step`: epochs of seeded permutations, in order.
+
+  A function of (n, batch_size, seed, step) alone, so a resumed run sees the same batches.
+  """
+  pos = step * batch_size + np.arange(batch_size)
+  epochs = pos // n
+  out = np.empty(batch_size, np.int64)
+  for e in np.unique(epochs):
+    perm = np.random.default_rng([seed, int(e)]).permutation(n)
+    sel = epochs == e
+    out[sel] = perm[pos[sel] % n]
+  return out
+
+
+class Prefetch:
+  """Makes host batches for steps [start, stop) in a background thread, `depth` ahead."""
+
+  def __init__(self, make_batch: Callable[[int], Any], start: int, stop: int, depth: int = 2):
+    self._q = queue.Queue(maxsize=depth)
+    self._t = threading.Thread(target=self._run, args=(make_batch, start, stop), daemon=True)
+    self._t.start()
+
+  def _run(self, make_batch, start, stop):
+    for step in range(start, stop):
+      try:
+        self._q.put((step, make_batch(step), None))
+      except Exception as e:  # surfaced in the training thread
+        self._q.put((step, None, e))
+        return
+
+  def __next__(self):
+    step, batch, err = self._q.get()
+    if err is not None:
+      raise err
+    return step, batch
+
+
+class Checkpoints:
+  """orbax CheckpointManager in `<workdir>/checkpoints`, resuming from the newest good step."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, every: int = 100):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.every = every
+    self.mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def restore(self, state):
+    """(state, step) of the newest readable checkpoint, or (state, 0) when there is none."""
+    for step in sorted(self.mngr.all_steps(), reverse=True):
+      try:
+        restored = self.mngr.restore(step, args=ocp.args.StandardRestore(state))
+      except Exception as e:  # a truncated or corrupt checkpoint: say so, use the previous
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
+                        step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      return restored, step
+    return state, 0
+
+  def save(self, step: int, state, force: bool = False):
+    if force or step % self.every == 0:
+      self.mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def close(self):
+    self.mngr.wait_until_finished()
+    self.mngr.close()
+
+
+def _all_finite(tree):
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def fit(*, workdir: str, state: TrainState, loss_fn: Callable, make_batch: Callable[[int], Any],
+        total_steps: int, seed: int, batch_size: int, log_every: int = 10,
+        ckpt_every: int = 100, max_to_keep: int = 3, post_update: Callable | None = None,
+        lr_fn: Callable | None = None, name: str = 'train') -> TrainState:
+  """Train `state` for total_steps global steps, resuming from <workdir>/checkpoints.
+
+  make_batch(step) -> host batch (pytree of numpy [batch_size, ...]) for global step `step`.
+  Returns the final (unreplicated) state.
+  """
+  writer = writers.create_writer(workdir)
+  ckpt = Checkpoints(workdir, max_to_keep, ckpt_every)
+  state, start = ckpt.restore(state)
+  if start:
+    print(f'[{name}] resumed from step {start} ({ckpt.directory})', flush=True)
+  p_state = flax.jax_utils.replicate(state)
+  p_step = make_train_step(loss_fn, post_update=post_update)
+  rng = jax.random.PRNGKey(seed)
+  batches = Prefetch(make_batch, start, total_steps)
+  t_last, s_last, t0 = time.time(), start, time.time()
+  for step in range(start, total_steps):
+    _, batch = next(batches)
+    p_state, metrics = p_step(p_state, shard(batch), rng)
+    done = step + 1
+    if done % log_every == 0 or done == total_steps or done % ckpt_every == 0:
+      m = jax.device_get(flax.jax_utils.unreplicate(metrics))
+      if not (np.isfinite(m['loss']) and m['finite'] == 1.0):
+        ckpt.close()
+        raise NonFiniteLoss(
+            f'[{name}] non-finite loss or gradients at step {done} (loss={m["loss"]}); '
+            f'stopped; the last good checkpoint in {ckpt.directory} is kept')
+      now = time.time()
+      step_time = (now - t_last) / max(done - s_last, 1)
+      t_last, s_last = now, done
+      scalars = {k: float(v) for k, v in m.items() if k != 'finite'}
+      scalars.update(step_time_s=step_time, examples_per_s=batch_size / max(step_time, 1e-9))
+      if lr_fn is not None:
+        scalars['learning_rate'] = float(lr_fn(done))
+      writer.write_scalars(done, scalars)
+      eta = step_time * (total_steps - done)
+      print(f'[{name}] step {done}/{total_steps} loss {scalars["loss"]:.4f} '
+            f'{step_time:.3f} s/step {scalars["examples_per_s"]:.1f} ex/s '
+            f'ETA {eta / 60:.1f} min', flush=True)
+    if done % ckpt_every == 0 or done == total_steps:
+      if not bool(jax.device_get(_all_finite(flax.jax_utils.unreplicate(p_state).params))):
+        ckpt.close()
+        raise NonFiniteLoss(f'[{name}] parameters became non-finite by step {done}; stopped; '
+                            f'the last good checkpoint in {ckpt.directory} is kept')
+      ckpt.save(done, jax.device_get(flax.jax_utils.unreplicate(p_state)),
+                force=done == total_steps)
+  writer.flush()
+  ckpt.close()
+  print(f'[{name}] done: {total_steps - start} steps in {(time.time() - t0) / 60:.1f} min',
+        flush=True)
+  return flax.jax_utils.unreplicate(p_state)
