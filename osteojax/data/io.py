@@ -65,27 +65,44 @@ def _itk_message(err):
 
 
 def _check_nifti_data(path, reader):
-  """NIfTI data must be complete: ITK reads a truncated file without complaint (zero-filled)."""
+  """NIfTI data must be complete and finite.
+
+  ITK reads a truncated NIfTI without complaint (zero-filled) and turns NaN / inf into 0, so
+  the file itself is streamed here: its length is checked against the header and float data
+  is scanned for non-finite values.
+  """
   try:
     vox_offset = int(float(reader.GetMetaData('vox_offset')))
     ndim = int(reader.GetMetaData('dim[0]'))
     dims = [int(reader.GetMetaData(f'dim[{i}]')) for i in range(1, ndim + 1)]
     bitpix = int(reader.GetMetaData('bitpix'))
+    datatype = int(reader.GetMetaData('datatype'))
   except (RuntimeError, ValueError):
-    return  # a two-file .hdr/.img pair or an unusual header: leave it to ITK
+    return  # an unusual header: leave it to ITK
+  if path.endswith('.hdr') or path.endswith('.hdr.gz'):
+    return  # a two-file pair: the data lives in the .img
   need = vox_offset + int(np.prod(dims)) * bitpix // 8
-  if path.endswith('.gz'):
-    have = 0
-    try:
-      with gzip.open(path, 'rb') as f:
-        while chunk := f.read(1 << 22):
-          have += len(chunk)
-    except (EOFError, OSError, zlib.error) as e:
-      raise OsteoDataError(path, f'corrupt or truncated gzip data ({e})') from None
-  else:
-    have = os.path.getsize(path)
+  dtype = {16: 'f4', 64: 'f8'}.get(datatype)   # NIfTI float32 / float64
+  opener = gzip.open if path.endswith('.gz') else open
+  have, bad, rest = 0, 0, b''
+  try:
+    with opener(path, 'rb') as f:
+      head = f.read(vox_offset)
+      have = len(head)
+      endian = '<' if int.from_bytes(head[:4], 'little') in (348, 540) else '>'
+      while chunk := f.read(1 << 22):
+        have += len(chunk)
+        if dtype:
+          rest += chunk
+          n = len(rest) // (bitpix // 8) * (bitpix // 8)
+          bad += int((~np.isfinite(np.frombuffer(rest[:n], endian + dtype))).sum())
+          rest = rest[n:]
+  except (EOFError, OSError, zlib.error) as e:
+    raise OsteoDataError(path, f'corrupt or truncated gzip data ({e})') from None
   if have < need:
     raise OsteoDataError(path, f'truncated NIfTI: {have} bytes of data, the header needs {need}')
+  if bad:
+    raise OsteoDataError(path, f'{bad} NaN or infinite voxels')
 
 
 def _check_slices(folder, reader, img):
@@ -139,7 +156,7 @@ def read_image(path) -> sitk.Image:
     reader.SetFileName(path)
     try:
       reader.ReadImageInformation()
-      if reader.GetImageIO() == 'NiftiImageIO':
+      if 'vox_offset' in reader.GetMetaDataKeys():   # NIfTI (ITK names no IO here)
         _check_nifti_data(path, reader)
       img = reader.Execute()
     except RuntimeError as e:
