@@ -274,7 +274,7 @@ def test_foreign_output_folder_untouched(src):
 
 def run_cli(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'extract_rois.py'), *args],
-                        capture_output=True, text=True, cwd=ROOT,
+                        capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT,
                         env=dict(os.environ, PYTHONPATH=ROOT))
 
 
@@ -298,7 +298,7 @@ def test_cli_unknown_device_make_then_extract(tmp_path):
   made = tmp_path / 'src'
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'make_torso.py'), '--out',
                       str(made), '--levels', 'L1:L2', '--spacing', '1.5,1.5,3', '--labels', 'verse'],
-                     capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
   assert r.returncode == 0, r.stderr
   edited = edit_manifest(made, device='norland')
   r = run_cli(str(edited), str(tmp_path / 'out'), '--labels', 'verse')

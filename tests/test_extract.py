@@ -175,7 +175,7 @@ def test_cli(tmp_path):
   out = tmp_path / 'rois'
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'extract_rois.py'),
                       str(src / 'manifest.csv'), str(out), '--labels', 'totalseg'],
-                     capture_output=True, text=True, env=env, cwd=ROOT)
+                     capture_output=True, encoding='utf-8', errors='replace', env=env, cwd=ROOT)
   assert r.returncode == 0, r.stderr
   assert r.stderr == ''
   assert f'{len(truth["vertebrae"])} ROIs' in r.stdout

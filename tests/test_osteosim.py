@@ -71,12 +71,12 @@ def test_main_runs_osteosim_task(tmp_path):
   cmd = [sys.executable, '-m', 'osteojax.main', '--config', f'{ROOT}/configs/osteosim.py:tiny',
          '--workdir', str(tmp_path / 'wd'), f'--config.data.dir={tmp_path / "data"}',
          '--config.data.workers=1']
-  res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+  res = subprocess.run(cmd, capture_output=True, encoding='utf-8', errors='replace', env=env, cwd=tmp_path, timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
   assert 'Oracle ceiling' in res.stdout and '| A |' in res.stdout
   assert (tmp_path / 'wd' / 'osteosim_summary.md').exists()
   assert (tmp_path / 'wd' / 'config.json').exists()
   assert (tmp_path / 'wd' / 'osteosim.png').stat().st_size > 10000
-  bad = subprocess.run(cmd[:-2] + ['--config.task=nope'], capture_output=True, text=True,
+  bad = subprocess.run(cmd[:-2] + ['--config.task=nope'], capture_output=True, encoding='utf-8', errors='replace',
                        env=env, cwd=tmp_path, timeout=300)
   assert bad.returncode != 0 and "unknown task 'nope'" in bad.stderr

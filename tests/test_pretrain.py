@@ -76,7 +76,7 @@ def _losses(devices, views):
   env = dict(os.environ, PYTHONPATH=ROOT,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_losses.py'), views],
-                       capture_output=True, text=True, env=env, timeout=600)
+                       capture_output=True, encoding='utf-8', errors='replace', env=env, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return json.loads(res.stdout.strip().splitlines()[-1])
 
