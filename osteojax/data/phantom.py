@@ -77,16 +77,24 @@ def _pv(d, h):
   return np.clip(0.5 - d / h, 0.0, 1.0)
 
 
+def _voxel(h):
+  """(hz, hy, hx) mm from a scalar or a 3-sequence."""
+  return np.broadcast_to(np.asarray(h, np.float64), (3,))
+
+
 def render_hu(zz, yy, xx, bodies, h, rng):
   """True HU (reference 120 kV scanner) of a spine segment on a grid.
 
   zz, yy, xx: [D, H, W] (or broadcastable) coordinates in mm; bodies: list of dicts with keys
-  center (z, y, x) mm, size (height, width, depth) mm, bvtv, pdff, cortex_mm; h: voxel size mm.
+  center (z, y, x) mm, size (height, width, depth) mm, bvtv, pdff, cortex_mm; h: voxel size mm
+  (scalar, or (hz, hy, hx) for anisotropic grids).
   Returns (hu [D, H, W] float32, occupancy list [D, H, W] per body in [0, 1]).
   """
   shape = np.broadcast_shapes(zz.shape, yy.shape, xx.shape)
-  field = smooth_field(rng, shape, P.TRABECULAR_CORR_MM / h)
-  tissue = smooth_field(rng, shape, 12.0 / h)
+  vox = _voxel(h)
+  field = smooth_field(rng, shape, tuple(P.TRABECULAR_CORR_MM / vox))
+  tissue = smooth_field(rng, shape, tuple(12.0 / vox))
+  h = float(np.prod(vox) ** (1 / 3))   # partial-volume edge width
   fat = special.expit(2.5 * tissue - 1.0)             # patchy fat in the soft tissue
   hu = (1 - fat) * P.HU_SOFT_TISSUE + fat * P.HU_FAT_TISSUE
   occupied = np.zeros(shape, np.float32)
@@ -137,20 +145,23 @@ def noise_sd(scanner, spacing_mm):
 def acquire(hu, scanner, h, factor, rng):
   """The scanner's view of true HU on a fine grid of voxel h mm, averaged by `factor`.
 
-  hu: [D, H, W] float32 with D, H, W multiples of factor. Returns float32 [D/f, H/f, W/f].
+  hu: [D, H, W] float32 with D, H, W multiples of factor; h: scalar or (hz, hy, hx) mm.
+  Returns float32 [D/f, H/f, W/f].
   """
   s = P.SCANNERS[scanner]
+  vox = _voxel(h)
   hu = hu + (s['kv_gain'] - 1) * np.maximum(hu, 0) + s['offset']
   sz, sxy = scanner_blur_mm(scanner)
-  hu = ndimage.gaussian_filter(hu, (sz / h, sxy / h, sxy / h), mode='nearest')
+  psf = np.array([sz, sxy, sxy])
+  hu = ndimage.gaussian_filter(hu, tuple(psf / vox), mode='nearest')
   if factor > 1:
     d, hh, w = hu.shape
     hu = hu.reshape(d // factor, factor, hh // factor, factor, w // factor, factor).mean((1, 3, 5))
-  out_h = h * factor
+  out = vox * factor
   noise = rng.standard_normal(hu.shape).astype(np.float32)
-  noise = ndimage.gaussian_filter(noise, (sz / out_h / 2, sxy / out_h, sxy / out_h), mode='wrap')
+  noise = ndimage.gaussian_filter(noise, tuple(psf / out * np.array([0.5, 1, 1])), mode='wrap')
   noise /= max(float(noise.std()), 1e-6)
-  return hu + noise * noise_sd(scanner, (out_h,) * 3)
+  return hu + noise * noise_sd(scanner, tuple(out))
 
 
 def vertebra_bodies(row, rng, center_z=0.0, neighbours=True):

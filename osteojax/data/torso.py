@@ -13,9 +13,7 @@ an elliptic body with a subcutaneous fat ring and air outside. The bodies are re
 `phantom.render_hu` on a box around the spine (bodies + 12 mm); outside the box the soft tissue
 is the same kind of patchy fat/muscle field, cross-faded over 8 mm at the box edge, so that the
 whole torso costs little more than the spine. The scanner (`phantom.acquire`) then adds its gain,
-offset, blur and noise. `phantom.acquire` blurs in voxel units of the in-plane spacing, so along
-z (coarser voxels) its slice profile is spacing_z / spacing_xy times wider in mm: a thick
-reconstructed slice.
+offset, blur and noise, all in millimetres on the anisotropic grid.
 
 The image is rendered on an axis-aligned grid; `flip` re-expresses it with reversed axes (array
 flipped, direction cosine -1, origin at the other corner): the same physical image.
@@ -162,7 +160,7 @@ def render_torso(spec: TorsoSpec, bodies, rng):
   xb, yb = x[bx[0]:bx[-1] + 1], y[by[0]:by[-1] + 1]
   zz = z.astype(np.float32)[:, None, None]
   hu_box, occ = phantom.render_hu(zz, yb.astype(np.float32)[None, :, None],
-                                  xb.astype(np.float32)[None, None, :], bodies, h, rng)
+                                  xb.astype(np.float32)[None, None, :], bodies, (sz, sy, sx), rng)
   w = (_ramp(yb, yb[0], yb[-1])[:, None] * _ramp(xb, xb[0], xb[-1])[None, :])[None]
   hu = bg
   box = (slice(None), slice(by[0], by[-1] + 1), slice(bx[0], bx[-1] + 1))
@@ -225,7 +223,7 @@ def make_torso(spec: TorsoSpec, rng, patient='torso'):
   bodies = spine_bodies(spec, rows, rng)
   hu, lab, origin = render_torso(spec, bodies, rng)
   sx, sy, sz = spec.spacing
-  ct = phantom.acquire(hu, scanner, min(sx, sy), 1, rng)
+  ct = phantom.acquire(hu, scanner, (sz, sy, sx), 1, rng)
   ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
   ct_arr, org, direction = _flipped(ct, origin, spec.spacing, spec.flip)
   lab_arr, _, _ = _flipped(lab, origin, spec.spacing, spec.flip)
