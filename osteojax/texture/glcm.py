@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,19 @@ from osteojax.texture.settings import GLCMSettings
 FEATURES = ('Autocorrelation', 'JointAverage', 'Contrast', 'DifferenceAverage')
 
 Angle = Tuple[int, ...]
+
+
+class GLCMMaps(NamedTuple):
+  """The four voxel-wise maps, each [*S] float32 (a pytree: jit/vmap return it as is).
+
+  A tuple rather than one stacked [4, *S] array on purpose: XLA would fuse a stack of the
+  four maps into one loop that evaluates every kernel sum once per channel (4x the work).
+  Use `np.stack(maps)` on the host for a [4, *S] array in FEATURES order.
+  """
+  Autocorrelation: jax.Array
+  JointAverage: jax.Array
+  Contrast: jax.Array
+  DifferenceAverage: jax.Array
 
 
 def glcm_angles(shape: Sequence[int], force2D: bool = False,
@@ -144,34 +157,71 @@ def _window(xp: jax.Array, offset: Sequence[int], shape: Sequence[int], pad: int
   return jax.lax.slice(xp, start, tuple(s + n for s, n in zip(start, shape)))
 
 
-def _angle_sums(gp: jax.Array, mp: jax.Array, angle: Angle, radius: int,
-                kernel_axes: Sequence[bool], shape: Sequence[int], pad: int,
-                symmetric: bool) -> Tuple[jax.Array, ...]:
-  """Kernel sums over the pairs (x, x+angle) with both voxels in the kernel and valid.
-
-  gp: [*shape + 2*pad] int32 gray levels (0 where not valid); mp: same shape, 1 where valid.
-  Returns five [*shape] int32 arrays: n (pairs), s (i+j; 2i if asymmetric), ij, (i-j)^2,
-  |i-j|.  One unrolled sum over the pair anchors of the kernel, fused by XLA into a single
-  loop: nothing per-voxel is materialised.
-  """
+def _anchor_ranges(angle: Angle, radius: int, kernel_axes: Sequence[bool]) -> list:
+  """Per axis, the offsets o (from the kernel centre) of pair anchors x = v + o such that
+  both x and x + angle lie in the kernel [v - r, v + r] (r = 0 on the force2D axis)."""
   ranges = []
   for d, a in enumerate(angle):
     r = radius if kernel_axes[d] else 0
     ranges.append(range(-r + max(0, -a), r - max(0, a) + 1))
+  return ranges
+
+
+def _pair_terms(g1, m1, g2, m2, symmetric: bool) -> Tuple[jax.Array, ...]:
+  """Per-pair integers for pairs (x, x+a): valid, i+j (2i if asymmetric), ij, (i-j)^2, |i-j|.
+
+  g*: int32 gray levels, 0 where not valid; m*: int32 1 where valid.
+  """
+  pv = m1 * m2
+  diff = g1 - g2
+  return (pv,
+          pv * (g1 + g2) if symmetric else 2 * g1 * m2,
+          g1 * g2,
+          pv * diff * diff,
+          pv * jnp.abs(diff))
+
+
+def _angle_sums_direct(gp: jax.Array, mp: jax.Array, angle: Angle, radius: int,
+                       kernel_axes: Sequence[bool], shape: Sequence[int], pad: int,
+                       symmetric: bool) -> Tuple[jax.Array, ...]:
+  """Kernel sums of `_pair_terms` over all pairs (x, x+angle) inside each voxel's kernel.
+
+  gp, mp: [*shape + 2*pad] int32 (gray levels, validity).  Returns five [*shape] int32.
+  An unrolled sum over the pair anchors of the kernel that XLA fuses into one loop: nothing
+  is materialised, each pair is re-evaluated once per kernel containing it (best for
+  kernelRadius 1 on CPU, where memory traffic costs more than arithmetic).
+  """
   acc = None
-  for off in itertools.product(*ranges):
+  for off in itertools.product(*_anchor_ranges(angle, radius, kernel_axes)):
     off2 = tuple(o + a for o, a in zip(off, angle))
-    g1, m1 = _window(gp, off, shape, pad), _window(mp, off, shape, pad)
-    g2, m2 = _window(gp, off2, shape, pad), _window(mp, off2, shape, pad)
-    pv = m1 * m2
-    diff = g1 - g2
-    terms = (pv,
-             pv * (g1 + g2) if symmetric else 2 * g1 * m2,
-             g1 * g2,
-             pv * diff * diff,
-             pv * jnp.abs(diff))
+    terms = _pair_terms(_window(gp, off, shape, pad), _window(mp, off, shape, pad),
+                        _window(gp, off2, shape, pad), _window(mp, off2, shape, pad),
+                        symmetric)
     acc = terms if acc is None else tuple(t + u for t, u in zip(acc, terms))
   return acc
+
+
+def _angle_sums_separable(gp: jax.Array, mp: jax.Array, angle: Angle, radius: int,
+                          kernel_axes: Sequence[bool], shape: Sequence[int], pad: int,
+                          symmetric: bool) -> Tuple[jax.Array, ...]:
+  """Same result as `_angle_sums_direct`, as box sums: one per-pair field per statistic,
+  then a running window along each axis (O(r) instead of O(r^3) adds per voxel; used for
+  kernelRadius >= 2).  Fields are kept separate: stacking them would make XLA fuse the
+  passes into one loop that re-evaluates every pair per window tap."""
+  ranges = _anchor_ranges(angle, radius, kernel_axes)
+  lo = [rg.start for rg in ranges]
+  hi = [rg.stop - 1 for rg in ranges]
+  ext = tuple(n + h - l for n, l, h in zip(shape, lo, hi))     # anchors needed
+  off2 = tuple(l + a for l, a in zip(lo, angle))
+  fields = _pair_terms(_window(gp, lo, ext, pad), _window(mp, lo, ext, pad),
+                       _window(gp, off2, ext, pad), _window(mp, off2, ext, pad), symmetric)
+  out = []
+  for f in fields:
+    for d in range(len(shape)):
+      f = sum(jax.lax.slice_in_dim(f, t, t + shape[d], axis=d)
+              for t in range(hi[d] - lo[d] + 1))
+    out.append(f)
+  return tuple(out)
 
 
 def _angle_distances(angles: Sequence[Angle], spacing: jax.Array, norm: str) -> jax.Array:
@@ -188,7 +238,7 @@ def _angle_distances(angles: Sequence[Angle], spacing: jax.Array, norm: str) -> 
 
 def _glcm_maps_3d(image: jax.Array, mask: jax.Array, spacing: jax.Array,
                   support: jax.Array, settings: GLCMSettings,
-                  force2Ddimension: int) -> jax.Array:
+                  force2Ddimension: int) -> GLCMMaps:
   """3-D core of `glcm_maps`; force2Ddimension already mapped to a 3-D axis."""
   shape = image.shape
   r = settings.kernelRadius
@@ -205,13 +255,20 @@ def _glcm_maps_3d(image: jax.Array, mask: jax.Array, spacing: jax.Array,
   kernel_axes = [not (settings.force2D and d == force2Ddimension) for d in range(3)]
   angles = glcm_angles(shape, settings.force2D, force2Ddimension)
   if not angles:
-    nan = jnp.full(shape, jnp.nan, jnp.float32)
-    return jnp.where(roi[None], nan[None], jnp.float32(settings.initValue)).repeat(4, 0)
+    empty = jnp.where(roi, jnp.nan, jnp.float32(settings.initValue))
+    return GLCMMaps(empty, empty, empty, empty)
 
-  sums = [_angle_sums(gp, mp, a, r, kernel_axes, shape, pad, settings.symmetricalGLCM)
+  angle_sums = _angle_sums_direct if r == 1 else _angle_sums_separable
+  sums = [angle_sums(gp, mp, a, r, kernel_axes, shape, pad, settings.symmetricalGLCM)
           for a in angles]
-  n = [s[0] for s in sums]
-  # stats[k][a]: k = 0 i+j (JointAverage * 2), 1 i*j, 2 (i-j)^2, 3 |i-j|
+  # 1 / n_a (0 where the kernel has no pair along a).  Everything below reads the pair
+  # counts only through `inv`: a float division is an op XLA will not duplicate into its
+  # consumers, so the count sums are evaluated once per angle and materialised here
+  # (optimization_barrier is stripped before fusion on CPU and cannot do this).
+  inv = [jnp.where(s[0] > 0, 1.0 / jnp.maximum(s[0], 1).astype(jnp.float32), 0.0)
+         for s in sums]
+  ok = [v > 0 for v in inv]
+  # stats[k][a]: k = 0 i+j (2x JointAverage), 1 i*j, 2 (i-j)^2, 3 |i-j|; exact int32 sums.
   stats = [[s[k].astype(jnp.float32) for s in sums] for k in range(1, 5)]
 
   if settings.weightingNorm is None:
@@ -221,9 +278,6 @@ def _glcm_maps_3d(image: jax.Array, mask: jax.Array, spacing: jax.Array,
     #  - plain mean for JointAverage over the angles that have pairs somewhere in the ROI
     #    (pyradiomics deletes angles empty for every ROI voxel): if one of those has no pair
     #    in this kernel the voxel is NaN.
-    ok = [c > 0 for c in n]
-    inv = [jnp.where(o, 1.0 / jnp.maximum(c, 1).astype(jnp.float32), 0.0)
-           for o, c in zip(ok, n)]
     cnt = sum(o.astype(jnp.float32) for o in ok)
     active = [jnp.any(o & roi) for o in ok]
     n_active = sum(act.astype(jnp.float32) for act in active)
@@ -237,23 +291,20 @@ def _glcm_maps_3d(image: jax.Array, mask: jax.Array, spacing: jax.Array,
     # are rescaled per voxel by the largest weight with pairs (the ratio is invariant) so
     # that exp(-D) cannot underflow float32 where float64 would not.
     dist = _angle_distances(angles, spacing.astype(jnp.float32), settings.weightingNorm)
-    dmin = functools.reduce(jnp.minimum, [jnp.where(c > 0, dist[i], jnp.inf)
-                                          for i, c in enumerate(n)])
-    w = [jnp.where(c > 0, jnp.exp(dmin - dist[i]), 0.0) for i, c in enumerate(n)]
-    den = sum(wi * c.astype(jnp.float32) for wi, c in zip(w, n))
+    dmin = functools.reduce(jnp.minimum, [jnp.where(o, dist[i], jnp.inf)
+                                          for i, o in enumerate(ok)])
+    w = [jnp.where(o, jnp.exp(dmin - dist[i]), 0.0) for i, o in enumerate(ok)]
+    den = sum(wi * jnp.where(o, 1.0 / v, 0.0) for wi, o, v in zip(w, ok, inv))
     num = [sum(wi * s for wi, s in zip(w, stats[k])) for k in range(4)]
     maps = (num[1] / den, num[0] / (2.0 * den), num[2] / den, num[3] / den)
 
-  # Materialise the four maps separately: stacking inside the fusion would make XLA
-  # recompute every kernel sum once per output channel.
-  maps = jax.lax.optimization_barrier(maps)
-  out = jnp.stack(maps)
-  return jnp.where(roi[None], out, jnp.float32(settings.initValue))
+  init = jnp.float32(settings.initValue)
+  return GLCMMaps(*(jnp.where(roi, m, init) for m in maps))
 
 
 def glcm_maps(image: jax.Array, mask: jax.Array, spacing: jax.Array,
               settings: GLCMSettings = GLCMSettings(),
-              support: Optional[jax.Array] = None) -> jax.Array:
+              support: Optional[jax.Array] = None) -> GLCMMaps:
   """Voxel-wise GLCM Autocorrelation, JointAverage, Contrast, DifferenceAverage.
 
   image: [D, H, W] (or [H, W]) float/int, e.g. HU.
@@ -262,8 +313,8 @@ def glcm_maps(image: jax.Array, mask: jax.Array, spacing: jax.Array,
   settings: GLCMSettings (static under jit).
   support: optional same-shape bool, the voxels that belong to the image (False for padding
     added to batch ROIs of different shapes); default all True.
-  Returns [4, *image.shape] float32 in FEATURES order: pyradiomics' value on ROI voxels
-  (NaN where pyradiomics gives NaN), settings.initValue elsewhere.
+  Returns GLCMMaps of four [*image.shape] float32 maps (FEATURES order): pyradiomics' value
+  on ROI voxels (NaN where pyradiomics gives NaN), settings.initValue elsewhere.
   Pure and jit/vmap-able (settings static); dense cost ~ 150 pair evaluations per voxel
   for kernelRadius 1.
   """
@@ -277,17 +328,17 @@ def glcm_maps(image: jax.Array, mask: jax.Array, spacing: jax.Array,
   f2d = settings.force2Ddimension
   if image.ndim == 2:
     out = _glcm_maps_3d(image[None], mask[None], jnp.concatenate([jnp.ones(1), spacing]),
-                        support[None], settings, f2d + 1)
-    return out[:, 0]
+                        support[None].astype(bool), settings, f2d + 1)
+    return GLCMMaps(*(m[0] for m in out))
   return _glcm_maps_3d(image, mask, spacing, support.astype(bool), settings, f2d)
 
 
 @functools.partial(jax.jit, static_argnames=('settings',))
 def glcm_maps_batch(images: jax.Array, masks: jax.Array, spacings: jax.Array,
-                    supports: jax.Array, settings: GLCMSettings = GLCMSettings()) -> jax.Array:
+                    supports: jax.Array, settings: GLCMSettings = GLCMSettings()) -> GLCMMaps:
   """Jitted, vmapped `glcm_maps` over ROIs of one shape.
 
-  images, masks, supports: [B, *S]; spacings: [B, ndim].  Returns [B, 4, *S] float32.
+  images, masks, supports: [B, *S]; spacings: [B, ndim].  Returns GLCMMaps of [B, *S].
   """
   fn = functools.partial(glcm_maps, settings=settings)
   return jax.vmap(lambda i, m, s, u: fn(i, m, s, support=u))(images, masks, spacings, supports)
