@@ -27,11 +27,15 @@ def to_sitk(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float]):
 
 
 def pyradiomics_maps(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
-                     settings: GLCMSettings = GLCMSettings()) -> np.ndarray:
+                     settings: GLCMSettings = GLCMSettings(), voxel_batch: int = -1
+                     ) -> np.ndarray:
   """Reference maps from pyradiomics 3.0.1.
 
   image: [D, H, W] or [H, W] (its dtype is kept: pyradiomics bins int images in integer
   arithmetic); mask: same shape, ROI = mask > 0; spacing: per array axis.
+  voxel_batch: pyradiomics' voxelBatch (-1, its default: all ROI voxels at once).  Other
+  values only save memory/time; they change results only in one corner case (an angle
+  empty in a whole batch but not in the whole ROI changes JointAverage's NaN pattern).
   Returns [4, *image.shape] float64 in FEATURES order, settings.initValue outside the
   region pyradiomics returns (ROI bounding box padded by kernelRadius).
   """
@@ -41,7 +45,7 @@ def pyradiomics_maps(image: np.ndarray, mask: np.ndarray, spacing: Sequence[floa
   radiomics.setVerbosity(logging.ERROR)
   img, msk = to_sitk(image, mask, spacing)
   kw = settings.as_pyradiomics()
-  kw.update(additionalInfo=False, label=1)
+  kw.update(additionalInfo=False, label=1, voxelBatch=voxel_batch)
   ex = featureextractor.RadiomicsFeatureExtractor(**kw)
   ex.disableAllFeatures()
   ex.enableFeaturesByName(glcm=list(FEATURES))
