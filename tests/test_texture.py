@@ -281,3 +281,12 @@ def test_parity_sweep_ct_like(radius, masked, bins):
   assert_parity(image, mask, (1.5, 0.6, 0.6), settings)
   assert_parity(image.astype(np.float32) + rng.uniform(-0.5, 0.5, shape).astype(np.float32),
                 mask, (1.5, 0.6, 0.6), dataclasses.replace(settings, weightingNorm='euclidean'))
+
+
+def test_parity_on_osteosim_vertebra():
+  """A generated vertebra ROI (realistic HU, shell, trabecular texture, scanner noise)."""
+  from osteojax.data import phantom
+  image, mask, spacing = phantom.sample_rois(3, (12, 12, 12), 4.0, seed=3)[1]
+  assert image[mask > 0].mean() > image[mask == 0].mean() + 50   # bone inside, tissue around
+  assert_parity(image, mask, spacing, GLCMSettings(binWidth=25))
+  assert_parity(image, mask, spacing, GLCMSettings(binWidth=10, maskedKernel=False))

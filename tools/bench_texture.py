@@ -7,8 +7,9 @@ passes over all ROIs, host-side crop/pad/paste included.
 
   python tools/bench_texture.py [--n32 4] [--n64 1] [--binWidth 25] [--kernelRadius 1]
 
-`bench(rois, settings)` takes any list of (image, mask, spacing) so that the vertebra
-generator's ROIs can be plugged in; by default synthetic CT-like vertebra ROIs are used.
+`bench(rois, settings)` takes any list of (image, mask, spacing); by default the ROIs are
+OsteoSim vertebrae across the vBMD range (32^3 at 1.8 mm, 64^3 at 0.9 mm; --source synthetic
+uses the simple stand-ins of osteojax/texture/synthetic.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from osteojax.data import phantom  # noqa: E402
 from osteojax.texture import GLCMSettings  # noqa: E402
 from osteojax.texture.pool import texture_maps  # noqa: E402
 from osteojax.texture.reference import pyradiomics_maps  # noqa: E402
@@ -89,12 +91,18 @@ def main(argv=None) -> int:
   p.add_argument('--kernelRadius', type=int, default=1)
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--source', default='osteosim', choices=('osteosim', 'synthetic'),
+                 help='ROIs: OsteoSim vertebrae (default) or the simple synthetic stand-ins')
   p.add_argument('--voxelBatch', type=int, default=1000,
                  help='pyradiomics voxelBatch for the reference run (-1: its default)')
   a = p.parse_args(argv)
-  rng = np.random.default_rng(a.seed)
-  rois = ([ct_vertebra_roi(rng, (32, 32, 32)) for _ in range(a.n32)]
-          + [ct_vertebra_roi(rng, (64, 64, 64)) for _ in range(a.n64)])
+  if a.source == 'osteosim':   # OsteoSim vertebrae: 32^3 at 1.8 mm, 64^3 at 0.9 mm
+    rois = (phantom.sample_rois(a.n32, (32,) * 3, 1.8, a.seed)
+            + phantom.sample_rois(a.n64, (64,) * 3, 0.9, a.seed + 1))
+  else:
+    rng = np.random.default_rng(a.seed)
+    rois = ([ct_vertebra_roi(rng, (32, 32, 32)) for _ in range(a.n32)]
+            + [ct_vertebra_roi(rng, (64, 64, 64)) for _ in range(a.n64)])
   settings = GLCMSettings(binWidth=a.binWidth, kernelRadius=a.kernelRadius)
   print(json.dumps(bench(rois, settings, a.repeats, voxel_batch=a.voxelBatch)))
   return 0

@@ -214,3 +214,19 @@ def to_image(array, spacing_mm, origin=(0.0, 0.0, 0.0), direction=None):
   if direction is not None:
     img.SetDirection(tuple(float(v) for v in direction))
   return img
+
+
+def sample_rois(n: int, shape=(32, 32, 32), spacing_mm: float = 1.8, seed: int = 0):
+  """n OsteoSim ROIs spread over the labeled vBMD range, for benchmarks and tests.
+
+  Returns a list of (image int16 [z, y, x] HU, mask uint8, spacing (z, y, x) mm).
+  """
+  t = cohort.sample_cohort(0.02, seed)
+  lab = t[t.split != 'pretrain'].sort_values('vbmd')
+  rows = lab.iloc[np.linspace(0, len(lab) - 1, n).astype(int)]
+  geometry = P.RoiGeometry(tuple(shape), spacing_mm)
+  out = []
+  for i, (_, row) in enumerate(rows.iterrows()):
+    ct, mask = render_roi(row, geometry, np.random.default_rng([seed, 2, i]))
+    out.append((ct, mask, (spacing_mm,) * 3))
+  return out
