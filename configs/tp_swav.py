@@ -25,7 +25,8 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       dir='', scale=0.05, roi_shape=(32, 32, 32), spacing_mm=1.8, supersample=2, workers=0))
   c.model = ml_collections.ConfigDict(dict(
-      name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=1))
+      name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
+      stem_pool=True))
   c.swav = ml_collections.ConfigDict(dict(
       num_views=2, hidden_dim=256, proj_dim=64, num_prototypes=32, temperature=0.1,
       epsilon=0.05, sinkhorn_iterations=50, sinkhorn_threshold=1e-4,
@@ -41,7 +42,7 @@ def get_config(arg=None):
     c.log_every, c.ckpt_every = 50, 1000
   elif arg == 'tiny':
     c.data.scale, c.data.roi_shape, c.data.spacing_mm = 0.004, (16, 16, 16), 3.6
-    c.model.stage_sizes, c.model.widths = (1, 1), (4, 8)
+    c.model.stage_sizes, c.model.widths, c.model.stem_pool = (1, 1), (4, 8), False
     c.swav.hidden_dim, c.swav.proj_dim, c.swav.num_prototypes = 16, 8, 6
     c.swav.freeze_prototypes_steps = 1
     c.batch_size, c.epochs, c.log_every, c.ckpt_every = 8, 2, 1, 2

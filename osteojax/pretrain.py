@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from osteojax.data import pool_data
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav
 from osteojax.train import lib
@@ -107,7 +108,8 @@ def make_loss_fn(config, model):
     mine = lax.dynamic_slice_in_dim(codes, lax.axis_index(lib.AXIS) * b, b, axis=1)
     loss = swav.swapped_prediction_loss(scores, mine, c.temperature)
     metrics = dict(sinkhorn_marginal_error=jnp.max(err),
-                   prototype_entropy=swav.prototype_entropy(codes.reshape(-1, codes.shape[-1])))
+                   prototype_entropy=swav.prototype_entropy(glob.reshape(-1, glob.shape[-1]),
+                                                             c.temperature))
     return loss, (new_vars['batch_stats'], metrics)
 
   return loss_fn
@@ -120,8 +122,7 @@ def post_update(params):
 # ------------------------------------------------------------------------------------ task
 def run(config, workdir: str):
   """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
-  from osteojax.data import pool_data  # the pool of the configured data set (built if needed)
-  pools = pool_data.pretrain_pools(config)
+  pools = pool_data.ensure_pool(config, ('pretrain',))
   n = len(pools)
   if config.batch_size > n:
     raise ValueError(f'batch_size {config.batch_size} exceeds the {n} pre-training vertebrae')
@@ -135,7 +136,8 @@ def run(config, workdir: str):
         flush=True)
 
   def make_batch(step):
-    return {'pool': pools.read(lib.batch_indices(n, config.batch_size, config.seed, step))}
+    idx = lib.batch_indices(n, config.batch_size, config.seed, step)
+    return {'pool': pools.read(lib.host_indices(idx))}
 
   return lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
                  make_batch=make_batch, total_steps=total, seed=config.seed,

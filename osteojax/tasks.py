@@ -10,6 +10,8 @@ import os
 
 TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
+    'tp_swav': 'osteojax.pretrain',      # TP-SwAV pre-training (views from the texture pool)
+    'swav': 'osteojax.pretrain',         # SwAV baseline (views from random crops)
 }
 
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
 def l2_normalize(x, axis=-1, eps=1e-8):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+  """x / ||x||, with a finite gradient at x = 0 (unlike dividing by jnp.linalg.norm)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 class SwAVModel(nn.Module):

@@ -29,7 +29,11 @@ class BasicBlock3D(nn.Module):
     y = nn.Conv(self.features, (3, 3, 3), use_bias=False, name='conv2')(y)
     y = norm('bn2', scale_init=nn.initializers.zeros)(y)
     if x.shape[-1] != self.features or self.strides != 1:
-      x = nn.Conv(self.features, (1, 1, 1), s, use_bias=False, name='proj')(x)
+      # ResNet-D shortcut: average-pool, then 1^3 conv. A strided 1^3 conv would see only
+      # every other voxel (on a 2^3 map just the corner, which is background for every ROI).
+      if self.strides != 1:
+        x = nn.avg_pool(x, s, s, padding='SAME')
+      x = nn.Conv(self.features, (1, 1, 1), use_bias=False, name='proj')(x)
       x = norm('bn_proj')(x)
     return nn.relu(x + y)
 
@@ -42,16 +46,20 @@ class ResNet3D(nn.Module):
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   widths: Sequence[int] = (64, 128, 256, 512)
-  stem_stride: int = 1
+  stem_stride: int = 2
+  stem_pool: bool = True
   axis_name: str | None = 'batch'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = nn.Conv(self.widths[0], (3, 3, 3), (self.stem_stride,) * 3, use_bias=False,
+    # Stem as in ResNet: strided 7^3 convolution and a 3^3/2 max-pool (4x down-sampling).
+    x = nn.Conv(self.widths[0], (7, 7, 7), (self.stem_stride,) * 3, use_bias=False,
                 name='stem')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                      axis_name=self.axis_name if train else None, name='stem_bn')(x)
     x = nn.relu(x)
+    if self.stem_pool:
+      x = nn.max_pool(x, (3, 3, 3), (2, 2, 2), padding='SAME')
     for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n):
         x = BasicBlock3D(w, 2 if (j == 0 and i > 0) else 1, self.axis_name,
@@ -60,7 +68,7 @@ class ResNet3D(nn.Module):
 
 
 def encoder_from_config(c) -> ResNet3D:
-  """The encoder named by config.model (name, stage_sizes, widths, stem_stride)."""
+  """The encoder named by config.model (name, stage_sizes, widths, stem_stride, stem_pool)."""
   if c.name != 'resnet3d':
     raise ValueError(f'unknown model {c.name!r} (known: resnet3d)')
-  return ResNet3D(tuple(c.stage_sizes), tuple(c.widths), c.stem_stride)
+  return ResNet3D(tuple(c.stage_sizes), tuple(c.widths), c.stem_stride, c.stem_pool)

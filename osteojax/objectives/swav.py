@@ -42,8 +42,8 @@ def swapped_prediction_loss(scores_views, codes_views, temperature: float):
   return per_example.mean()
 
 
-def prototype_entropy(codes):
-  """Entropy (nats) of the mean code: log K when all prototypes are used equally."""
-  p = codes.mean(0)
-  p = p / jnp.maximum(p.sum(), 1e-12)
+def prototype_entropy(scores, temperature: float):
+  """Entropy (nats) of the batch-mean prediction softmax(scores / tau), scores [B, K]:
+  log K when the model spreads its predictions over all prototypes, 0 when it uses one."""
+  p = jax.nn.softmax(scores / temperature, axis=-1).mean(0)
   return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)))

@@ -107,6 +107,20 @@ def shard(batch):
   return jax.tree_util.tree_map(f, batch)
 
 
+def host_indices(indices: np.ndarray) -> np.ndarray:
+  """This host's contiguous share of a global batch's example indices (all of it on 1 host).
+
+  Hosts take consecutive blocks, so device d of host h holds the same examples as in a
+  single-host run with the same number of devices: the global batch order is unchanged.
+  """
+  n = jax.process_count()
+  if len(indices) % (n * jax.local_device_count()):
+    raise ValueError(f'global batch {len(indices)} does not split over {jax.device_count()} '
+                     f'devices')
+  k = len(indices) // n
+  return indices[jax.process_index() * k:(jax.process_index() + 1) * k]
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   """Example indices of global batch `step`: epochs of seeded permutations, in order.
 
