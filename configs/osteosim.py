@@ -12,8 +12,8 @@ import ml_collections
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = 'osteosim'
-  c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
+      seed=0,                 # the data set's seed (model seeds are separate)
       dir='',                 # '' -> data/osteosim_s<scale>_seed<seed>_<shape>
       scale=0.05,             # multiplies every count of Table 1 (1.0 = the paper's size)
       roi_shape=(32, 32, 32),  # z, y, x voxels

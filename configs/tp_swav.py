@@ -17,13 +17,14 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = 'tp_swav'
   c.views = 'pool'            # 'pool': TP-SwAV views; 'crops': SwAV random crops
-  c.seed = 0
+  c.seed = 0                  # model init, batch order, augmentations (not the data)
   c.batch_size = 32           # global batch, split over devices
   c.epochs = 2
   c.log_every = 5
   c.ckpt_every = 20
   c.data = ml_collections.ConfigDict(dict(
-      dir='', scale=0.05, roi_shape=(32, 32, 32), spacing_mm=1.8, supersample=2, workers=0))
+      seed=0, dir='', scale=0.05, roi_shape=(32, 32, 32), spacing_mm=1.8, supersample=2,
+      workers=0))
   c.model = ml_collections.ConfigDict(dict(
       name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
       stem_pool=True))

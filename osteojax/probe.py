@@ -5,7 +5,8 @@ statistics) of the labeled vertebrae's original volumes (pool channel 0). Probes
 5-fold stratified cross-validation over the labeled train + valid vertebrae (the default valid
 split alone holds a handful of positives; test is never touched):
   - osteoporosis (site-device label): logistic regression -> ROC AUC,
-  - BMD (site-device reading, standardised per device): ridge regression -> R^2.
+  - BMD (site-device reading, standardised per device): ridge regression, its penalty chosen
+    by inner leave-one-out (RidgeCV) -> R^2.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def probe_scores(features: np.ndarray, rows, seed: int = 0) -> dict:
   clf = pipeline.make_pipeline(preprocessing.StandardScaler(),
                                linear_model.LogisticRegression(max_iter=5000, C=0.1))
   p = model_selection.cross_val_predict(clf, features, y, cv=folds, method='predict_proba')[:, 1]
-  reg = pipeline.make_pipeline(preprocessing.StandardScaler(), linear_model.Ridge(alpha=10.0))
+  reg = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                               linear_model.RidgeCV(alphas=np.logspace(-2, 5, 15)))
   zhat = model_selection.cross_val_predict(reg, features, z, cv=folds.split(features, y))
   return dict(auc=float(metrics.roc_auc_score(y, p)), r2=float(metrics.r2_score(z, zhat)),
               n=int(len(y)), positives=int(y.sum()))

@@ -47,7 +47,7 @@ def ensure_pool(config, splits=('pretrain',), progress: bool = True) -> PoolSet:
       and not os.path.exists(os.path.join(data_dir, osteosim.INFO)):
     df = osteosim.read_manifest(data_dir)          # a real-data set from extract_rois
   else:
-    df = osteosim.generate(data_dir, config.data.scale, config.seed,
+    df = osteosim.generate(data_dir, config.data.scale, config.data.seed,
                            data_task.geometry_from_config(config), config.data.workers,
                            progress=progress)
   rows = df[df.split.isin(splits)].reset_index(drop=True)

@@ -18,22 +18,23 @@ def data_dir(config) -> str:
   if config.data.dir:
     return config.data.dir
   shape = 'x'.join(str(s) for s in config.data.roi_shape)
-  return os.path.join('data', f'osteosim_s{config.data.scale:g}_seed{config.seed}_{shape}')
+  return os.path.join('data',
+                      f'osteosim_s{config.data.scale:g}_seed{config.data.seed}_{shape}')
 
 
 def run(config, workdir: str):
   """Generate the data set of config.data (cached), print and save its summary."""
   out = data_dir(config)
   geometry = geometry_from_config(config)
-  cached = osteosim.is_current(out, config.data.scale, config.seed, geometry)
+  cached = osteosim.is_current(out, config.data.scale, config.data.seed, geometry)
   print(f'[osteosim] {"reusing" if cached else "generating"} {out} '
-        f'(scale {config.data.scale}, seed {config.seed}, ROI {geometry.shape} '
+        f'(scale {config.data.scale}, seed {config.data.seed}, ROI {geometry.shape} '
         f'at {geometry.spacing_mm} mm)', flush=True)
-  df = osteosim.generate(out, config.data.scale, config.seed, geometry,
+  df = osteosim.generate(out, config.data.scale, config.data.seed, geometry,
                          workers=config.data.workers)
   with open(os.path.join(out, osteosim.INFO)) as f:
     info = json.load(f)
-  full = cohort.sample_cohort(1.0, config.seed) if config.data.scale < 1 else None
+  full = cohort.sample_cohort(1.0, config.data.seed) if config.data.scale < 1 else None
   text = report.summary_markdown(df, info, full)
   print(text, flush=True)
   with open(os.path.join(workdir, 'osteosim_summary.md'), 'w') as f:
