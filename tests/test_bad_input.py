@@ -36,7 +36,7 @@ def assert_nothing_written(out):
   assert [p for p in os.listdir(parent) if p.startswith(f'.{name}')] == []
 
 
-def fails(src, match, manifest=None, convention='totalseg', path=None):
+def assert_fails(src, match, manifest=None, convention='totalseg', path=None):
   """Extraction from src into a sibling 'out' raises OsteoDataError matching `match`."""
   out = src.parent / 'out'
   with pytest.raises(io.OsteoDataError, match=match) as e:
@@ -67,7 +67,7 @@ def rewrite(path, fn):
 # Images.
 
 def test_missing_image(src):
-  fails(src, 'no such file or folder', edit_manifest(src, ct_path='nope.nii.gz'),
+  assert_fails(src, 'no such file or folder', edit_manifest(src, ct_path='nope.nii.gz'),
         path=src / 'nope.nii.gz')
 
 
@@ -75,25 +75,25 @@ def test_truncated_gz(src):
   ct = src / 'ct.nii.gz'
   data = ct.read_bytes()
   ct.write_bytes(data[:len(data) // 2])
-  fails(src, 'corrupt or truncated gzip data', path=ct)
+  assert_fails(src, 'corrupt or truncated gzip data', path=ct)
 
 
 def test_truncated_plain_nifti(src):
   sitk.WriteImage(sitk.ReadImage(str(src / 'ct.nii.gz')), str(src / 'ct.nii'))
   data = (src / 'ct.nii').read_bytes()
   (src / 'ct.nii').write_bytes(data[:-1000])
-  fails(src, r'truncated NIfTI: \d+ bytes of data, the header needs \d+',
+  assert_fails(src, r'truncated NIfTI: \d+ bytes of data, the header needs \d+',
         edit_manifest(src, ct_path='ct.nii'), path=src / 'ct.nii')
 
 
 def test_garbage_bytes(src):
   (src / 'mask.nii.gz').write_bytes(b'\x00not an image\xff' * 50)
-  fails(src, 'cannot read image: Unable to determine ImageIO reader', path=src / 'mask.nii.gz')
+  assert_fails(src, 'cannot read image: Unable to determine ImageIO reader', path=src / 'mask.nii.gz')
 
 
 def test_zero_byte_file(src):
   (src / 'ct.nii.gz').write_bytes(b'')
-  fails(src, r'empty file \(0 bytes\)', path=src / 'ct.nii.gz')
+  assert_fails(src, r'empty file \(0 bytes\)', path=src / 'ct.nii.gz')
 
 
 def test_empty_image_zero_slices(src):
@@ -102,13 +102,13 @@ def test_empty_image_zero_slices(src):
   header = bytearray((src / 'ct.nii').read_bytes())
   struct.pack_into('<h', header, 40 + 2 * 3, 0)     # dim[3] = 0: no slices
   (src / 'ct.nii').write_bytes(bytes(header))
-  fails(src, r'empty image: size \(\d+, \d+, 1\)', edit_manifest(src, ct_path='ct.nii'),
+  assert_fails(src, r'empty image: size \(\d+, \d+, 1\)', edit_manifest(src, ct_path='ct.nii'),
         path=src / 'ct.nii')
 
 
 def test_empty_image_constant(src):
   rewrite(src / 'ct.nii.gz', lambda img: img * 0 - 1024)
-  fails(src, 'empty image: every voxel is -1024', path=src / 'ct.nii.gz')
+  assert_fails(src, 'empty image: every voxel is -1024', path=src / 'ct.nii.gz')
 
 
 @pytest.mark.parametrize('name', ['ct_nan.nii.gz', 'ct_nan.nii', 'ct_nan.nrrd'])
@@ -120,17 +120,17 @@ def test_nan_voxels(src, name):
   out = sitk.GetImageFromArray(arr)
   out.CopyInformation(img)
   sitk.WriteImage(out, str(src / name), useCompression=True)
-  fails(src, '2 NaN or infinite voxels', edit_manifest(src, ct_path=name), path=src / name)
+  assert_fails(src, '2 NaN or infinite voxels', edit_manifest(src, ct_path=name), path=src / name)
 
 
 def test_all_zero_mask(src):
   rewrite(src / 'mask.nii.gz', lambda img: img * 0)
-  fails(src, r'empty mask: every voxel is 0', path=src / 'mask.nii.gz')
+  assert_fails(src, r'empty mask: every voxel is 0', path=src / 'mask.nii.gz')
 
 
 def test_label_absent(src):
   rewrite(src / 'mask.nii.gz', lambda img: sitk.ChangeLabel(img, {30: 0}))   # no L2 any more
-  fails(src, r'label 30 \(L2, totalseg\) is absent; labels present: 31',
+  assert_fails(src, r'label 30 \(L2, totalseg\) is absent; labels present: 31',
         path=src / 'mask.nii.gz')
 
 
@@ -140,10 +140,10 @@ def test_dicom_problems(base, tmp_path):
   folder = tmp_path / 'src' / torso.CT_NAMES['dicom']
   slices = sorted(os.listdir(folder))
   os.remove(folder / slices[len(slices) // 2])
-  fails(tmp_path / 'src', 'uneven DICOM slice positions', path=folder)
+  assert_fails(tmp_path / 'src', 'uneven DICOM slice positions', path=folder)
   shutil.rmtree(folder)
   os.makedirs(folder)
-  fails(tmp_path / 'src', 'folder holds no DICOM series', path=folder)
+  assert_fails(tmp_path / 'src', 'folder holds no DICOM series', path=folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def _flip_direction(img):
     ('direction', _flip_direction)])
 def test_geometry_mismatch(src, what, fn):
   rewrite(src / 'mask.nii.gz', fn)
-  fails(src, rf'{what} .* differs from the CT {src / "ct.nii.gz"}', path=src / 'mask.nii.gz')
+  assert_fails(src, rf'{what} .* differs from the CT {src / "ct.nii.gz"}', path=src / 'mask.nii.gz')
 
 
 def test_geometry_within_tolerance(src, tmp_path):
@@ -195,34 +195,34 @@ def test_check_geometry_direct():
 # Manifest.
 
 def test_unknown_device(src):
-  fails(src, r"line 2: unknown device 'norland' \(known: hologic, ge_lunar, medix\)",
+  assert_fails(src, r"line 2: unknown device 'norland' \(known: hologic, ge_lunar, medix\)",
         edit_manifest(src, device='norland'), path=src / 'edited.csv')
 
 
 def test_unknown_level(src):
-  fails(src, r"line 2: unknown level 'L7'", edit_manifest(src, level=['L7', 'L2']),
+  assert_fails(src, r"line 2: unknown level 'L7'", edit_manifest(src, level=['L7', 'L2']),
         path=src / 'edited.csv')
 
 
 def test_level_without_label(src):
-  fails(src, r"line 3: level 'L6' has no label in the totalseg convention",
+  assert_fails(src, r"line 3: level 'L6' has no label in the totalseg convention",
         edit_manifest(src, level=['L1', 'L6']), path=src / 'edited.csv')
 
 
 def test_unknown_convention(src):
-  fails(src, "unknown label convention 'nnunet'", convention='nnunet',
+  assert_fails(src, "unknown label convention 'nnunet'", convention='nnunet',
         path=src / 'manifest.csv')
 
 
 def test_missing_column(src):
-  fails(src, r'missing column\(s\) bmd \(needs patient, ct_path, mask_path',
+  assert_fails(src, r'missing column\(s\) bmd \(needs patient, ct_path, mask_path',
         edit_manifest(src, bmd=None), path=src / 'edited.csv')
 
 
 def test_non_numeric_bmd(src):
-  fails(src, r"line 3: bmd 'abc' is not a number", edit_manifest(src, bmd=['0.9', 'abc']),
+  assert_fails(src, r"line 3: bmd 'abc' is not a number", edit_manifest(src, bmd=['0.9', 'abc']),
         path=src / 'edited.csv')
-  fails(src, r"line 2: bmd '850' outside 0.2..2.5 g/cm2", edit_manifest(src, bmd=['850', '']),
+  assert_fails(src, r"line 2: bmd '850' outside 0.2..2.5 g/cm2", edit_manifest(src, bmd=['850', '']),
         path=src / 'edited.csv')
 
 
@@ -233,7 +233,7 @@ def test_missing_manifest(tmp_path):
 
 
 def test_duplicate_vertebra(src):
-  fails(src, 'line 3: patient torso level L1 already on line 2',
+  assert_fails(src, 'line 3: patient torso level L1 already on line 2',
         edit_manifest(src, level=['L1', 'L1']), path=src / 'edited.csv')
 
 
@@ -246,7 +246,7 @@ def test_failure_after_progress_leaves_nothing(src):
   other = df.assign(patient='second', ct_path='broken.nii.gz')
   (src / 'broken.nii.gz').write_bytes(b'garbage' * 10)
   pd.concat([df, other]).to_csv(src / 'two.csv', index=False)
-  fails(src, 'cannot read image', src / 'two.csv', path=src / 'broken.nii.gz')
+  assert_fails(src, 'cannot read image', src / 'two.csv', path=src / 'broken.nii.gz')
 
 
 def test_failed_rerun_keeps_the_earlier_output(src):

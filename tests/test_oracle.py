@@ -9,7 +9,7 @@ from osteojax.evaluate import metrics
 
 
 @pytest.fixture(scope='module')
-def test_rows():
+def labeled_rows():
   t = cohort.sample_cohort(0.1, seed=2)
   return t[t.split != 'pretrain']
 
@@ -24,12 +24,12 @@ def _mc_labels(row, device, resid, rng):
   return out
 
 
-def test_vertebra_posterior_matches_monte_carlo(test_rows):
+def test_vertebra_posterior_matches_monte_carlo(labeled_rows):
   # Rows near the decision boundary, old men (facets) and women: the interesting cases.
-  vert, _ = oracle.oracle_scores(test_rows)
+  vert, _ = oracle.oracle_scores(labeled_rows)
   pick = np.argsort(np.abs(vert - 0.5))[:3].tolist()
-  pick += [int(np.argmax((test_rows.sex == 'M').to_numpy() * test_rows.age.to_numpy()))]
-  rows = test_rows.iloc[pick]
+  pick += [int(np.argmax((labeled_rows.sex == 'M').to_numpy() * labeled_rows.age.to_numpy()))]
+  rows = labeled_rows.iloc[pick]
   want, _ = oracle.oracle_scores(rows)
   rng = np.random.default_rng(0)
   n = 4000
@@ -39,13 +39,13 @@ def test_vertebra_posterior_matches_monte_carlo(test_rows):
     assert abs(got - p) < 4 * np.sqrt(p * (1 - p) / n) + 0.005, (row.roi_id, got, p)
 
 
-def test_patient_posterior_shares_the_residual(test_rows):
-  counts = test_rows.groupby('patient_id').size()
-  vert, pat = oracle.oracle_scores(test_rows)
+def test_patient_posterior_shares_the_residual(labeled_rows):
+  counts = labeled_rows.groupby('patient_id').size()
+  vert, pat = oracle.oracle_scores(labeled_rows)
   # a patient with several vertebrae and an uncertain outcome
   cand = [p for p in counts[counts >= 3].index if 0.2 < pat[p] < 0.8]
   pid = cand[0] if cand else counts.idxmax()
-  rows = test_rows[test_rows.patient_id == pid]
+  rows = labeled_rows[labeled_rows.patient_id == pid]
   _, want = oracle.oracle_scores(rows)
   rng = np.random.default_rng(1)
   n = 3000
@@ -60,10 +60,10 @@ def test_patient_posterior_shares_the_residual(test_rows):
   assert 1 - np.prod(1 - v) >= p - 1e-9
 
 
-def test_oracle_beats_ct_density_alone(test_rows):
-  vert, _ = oracle.oracle_scores(test_rows)
-  y = test_rows.label.astype(int).to_numpy()
+def test_oracle_beats_ct_density_alone(labeled_rows):
+  vert, _ = oracle.oracle_scores(labeled_rows)
+  y = labeled_rows.label.astype(int).to_numpy()
   auc_oracle = metrics.auc(y, vert)
-  auc_hu = metrics.auc(y, -test_rows.hu_true.to_numpy())
+  auc_hu = metrics.auc(y, -labeled_rows.hu_true.to_numpy())
   assert auc_oracle > auc_hu
   assert 0.85 < auc_oracle < 1.0

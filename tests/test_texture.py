@@ -201,7 +201,7 @@ SLOW_CASES = {
 }
 
 
-def _run_case(name, cases):
+def _assert_parity_cases(name, cases):
   make, settings = cases[name]
   image, mask = make(np.random.default_rng(sum(map(ord, name))))
   assert_parity(image, mask, SPACING, settings)
@@ -209,13 +209,13 @@ def _run_case(name, cases):
 
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_parity_with_pyradiomics(name):
-  _run_case(name, CASES)
+  _assert_parity_cases(name, CASES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(SLOW_CASES))
 def test_parity_with_pyradiomics_more_settings(name):
-  _run_case(name, SLOW_CASES)
+  _assert_parity_cases(name, SLOW_CASES)
 
 
 def test_parity_nan_pattern_is_exercised():
