@@ -191,8 +191,8 @@ class Checkpoints:
     self.mngr.close()
 
 
-def _all_finite(tree):
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+def _all_finite(tree) -> bool:
+  return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree))
 
 
 def fit(*, workdir: str, state: TrainState, loss_fn: Callable, make_batch: Callable[[int], Any],
@@ -238,12 +238,12 @@ def fit(*, workdir: str, state: TrainState, loss_fn: Callable, make_batch: Calla
             f'{step_time:.3f} s/step {scalars["examples_per_s"]:.1f} ex/s '
             f'ETA {eta / 60:.1f} min', flush=True)
     if done % ckpt_every == 0 or done == total_steps:
-      if not bool(jax.device_get(_all_finite(flax.jax_utils.unreplicate(p_state).params))):
+      host_state = jax.device_get(flax.jax_utils.unreplicate(p_state))
+      if not bool(_all_finite(host_state.params)):
         ckpt.close()
         raise NonFiniteLoss(f'[{name}] parameters became non-finite by step {done}; stopped; '
                             f'the last good checkpoint in {ckpt.directory} is kept')
-      ckpt.save(done, jax.device_get(flax.jax_utils.unreplicate(p_state)),
-                force=done == total_steps)
+      ckpt.save(done, host_state, force=done == total_steps)
   writer.flush()
   ckpt.close()
   print(f'[{name}] done: {total_steps - start} steps in {(time.time() - t0) / 60:.1f} min',
