@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from osteojax.data import pool_data
+from osteojax.data import augment, pool_data
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav
 from osteojax.train import lib
@@ -20,14 +20,7 @@ from osteojax.train import lib
 
 # ------------------------------------------------------------------------------------ views
 def _augment(x, key, c):
-  """Random flips on each axis and an intensity scale/shift. x: [D, H, W]."""
-  kf, ks, kb = jax.random.split(key, 3)
-  flips = jax.random.bernoulli(kf, c.flip_prob, (3,))
-  for ax in range(3):
-    x = jnp.where(flips[ax], jnp.flip(x, ax), x)
-  scale = 1 + c.intensity * jax.random.uniform(ks, (), minval=-1, maxval=1)
-  shift = c.intensity * jax.random.uniform(kb, (), minval=-1, maxval=1)
-  return x * scale + shift * (x != 0)
+  return augment.flip_and_scale(x, key, c.flip_prob, c.intensity)
 
 
 def pool_views(pool, key, c):

@@ -1,4 +1,4 @@
-"""Run a few TP-SwAV / SwAV train steps on fixed data and print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / fine-tuning) on fixed data; print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -11,13 +11,40 @@ import jax
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
+import finetune as finetune_config  # noqa: E402
 import tp_swav  # noqa: E402
 
-from osteojax import pretrain  # noqa: E402
+from osteojax import finetune, pretrain  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
+def main_finetune(steps: int = 3):
+  """MoE + unified loss on random volumes and labels, batch 8 over the simulated devices."""
+  config = finetune_config.get_config('tiny')
+  rng = np.random.default_rng(0)
+  data = dict(image=rng.random((16, 16, 16, 16)).astype(np.float32),
+              device=rng.integers(0, 3, 16).astype(np.int32),
+              label=rng.integers(0, 2, 16).astype(np.int32),
+              bmd_z=rng.normal(size=16).astype(np.float32),
+              level=rng.integers(12, 16, 16).astype(np.int32))
+  model = finetune.build_model(config)
+  state = finetune.init_state(config, model, (16, 16, 16), finetune._optim(config, 2), 10)
+  p_state = flax.jax_utils.replicate(state)
+  step = lib.make_train_step(finetune.make_loss_fn(config, model))
+  losses = []
+  for s in range(steps):
+    idx = lib.batch_indices(16, 8, 0, s)
+    p_state, m = step(p_state, lib.shard({k: v[idx] for k, v in data.items()}),
+                      jax.random.PRNGKey(0))
+    losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
+  gate = flax.jax_utils.unreplicate(p_state).params['head']['gate']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses,
+                        proto_sum=float(np.asarray(gate).sum()))))
+
+
 def main(views: str, steps: int = 3):
+  if views == 'finetune':
+    return main_finetune(steps)
   config = tp_swav.get_config('tiny')
   config.views = views
   rng = np.random.default_rng(0)

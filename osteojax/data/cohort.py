@@ -217,17 +217,21 @@ def _scan_levels(rng, has_l6):
   return list(P.LEVELS[P.LEVEL_INDEX[lo]:P.LEVEL_INDEX[hi] + 1])
 
 
-def sample_cohort(scale: float, seed: int) -> pd.DataFrame:
+def sample_cohort(scale: float, seed: int, labeled_scale: float | None = None) -> pd.DataFrame:
   """The OsteoSim table: one row per vertebra ROI with its whole truth (no images, no paths).
 
   scale: multiplies every count of the paper's Table 1 (>= 1 where a count is non-zero).
-  seed: the whole table is a function of (scale, seed).
+  labeled_scale: multiplies the labeled (train/valid/test) counts instead, when given: a
+    small unlabeled pre-training set beside a larger labeled one. None: `scale` for both.
+  seed: the whole table is a function of (scale, labeled_scale, seed).
   """
+  lscale = scale if labeled_scale is None else labeled_scale
   rng = np.random.default_rng([seed, 0])
   rows = []
   for site, spec in P.SITES.items():
     device = spec['device']
-    groups = [(split, _counts(spec['patients'][j], scale), _counts(spec['vertebrae'][j], scale))
+    groups = [(split, _counts(spec['patients'][j], lscale),
+               _counts(spec['vertebrae'][j], lscale))
               for j, split in enumerate(P.SPLITS)]
     for split, n_pat, n_vert in groups:
       if n_pat == 0:

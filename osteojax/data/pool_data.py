@@ -47,9 +47,7 @@ def ensure_pool(config, splits=('pretrain',), progress: bool = True) -> PoolSet:
       and not os.path.exists(os.path.join(data_dir, osteosim.INFO)):
     df = osteosim.read_manifest(data_dir)          # a real-data set from extract_rois
   else:
-    df = osteosim.generate(data_dir, config.data.scale, config.data.seed,
-                           data_task.geometry_from_config(config), config.data.workers,
-                           progress=progress)
+    df = data_task.generate(config, progress)
   rows = df[df.split.isin(splits)].reset_index(drop=True)
   if rows.empty:
     raise ValueError(f'no ROIs of split(s) {splits} in {data_dir}')

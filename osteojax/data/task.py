@@ -18,20 +18,35 @@ def data_dir(config) -> str:
   if config.data.dir:
     return config.data.dir
   shape = 'x'.join(str(s) for s in config.data.roi_shape)
-  return os.path.join('data',
-                      f'osteosim_s{config.data.scale:g}_seed{config.data.seed}_{shape}')
+  lscale = labeled_scale(config)
+  labeled = f'_l{lscale:g}' if lscale is not None and lscale != config.data.scale else ''
+  return os.path.join(
+      'data', f'osteosim_s{config.data.scale:g}{labeled}_seed{config.data.seed}_{shape}')
+
+
+def labeled_scale(config):
+  """config.data.labeled_scale, or None where the config has none (then: data.scale)."""
+  return config.data.get('labeled_scale', None)
+
+
+def generate(config, progress: bool = True):
+  """Generate (or reuse) the OsteoSim data set of config.data; returns its manifest."""
+  return osteosim.generate(data_dir(config), config.data.scale, config.data.seed,
+                           geometry_from_config(config), config.data.workers,
+                           progress=progress, labeled_scale=labeled_scale(config))
 
 
 def run(config, workdir: str):
   """Generate the data set of config.data (cached), print and save its summary."""
   out = data_dir(config)
   geometry = geometry_from_config(config)
-  cached = osteosim.is_current(out, config.data.scale, config.data.seed, geometry)
+  lscale = labeled_scale(config)
+  cached = osteosim.is_current(out, config.data.scale, config.data.seed, geometry, lscale)
   print(f'[osteosim] {"reusing" if cached else "generating"} {out} '
-        f'(scale {config.data.scale}, seed {config.data.seed}, ROI {geometry.shape} '
-        f'at {geometry.spacing_mm} mm)', flush=True)
-  df = osteosim.generate(out, config.data.scale, config.data.seed, geometry,
-                         workers=config.data.workers)
+        f'(scale {config.data.scale}'
+        f'{"" if lscale is None else f", labeled scale {lscale}"}, seed {config.data.seed}, '
+        f'ROI {geometry.shape} at {geometry.spacing_mm} mm)', flush=True)
+  df = generate(config)
   with open(os.path.join(out, osteosim.INFO)) as f:
     info = json.load(f)
   full = cohort.sample_cohort(1.0, config.data.seed) if config.data.scale < 1 else None

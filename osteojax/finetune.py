@@ -1,0 +1,266 @@
+"""Task 'finetune': the paper's diagnosis model, fine-tuned on labeled vertebrae.
+
+Encoder (ResNet34-3D, optionally initialised from a TP-SwAV / SwAV pre-training workdir) ->
+image embedding P -> device-gated mixture of multi-task experts (osteojax/models/moe.py) ->
+osteoporosis (CE), standardised BMD (MSE) and vertebra level (CE), weighted by config.loss
+(osteojax/objectives/multitask.py). Training goes through the shared step builder and loop
+(osteojax/train/lib.py); at the end the model predicts the valid and test splits and writes
+`<workdir>/predictions.csv` (one row per vertebra: prob, bmd_pred, level_pred, gate), which
+tools/evaluate.py turns into the paper's per-site tables.
+
+Inputs are channel 0 of the texture pool (the normalised original volume), the same input
+the pre-trained encoder saw. Labels: osteoporosis on the site's own DXA device (WHO), that
+device's BMD reading (standardised per device with the training split's mean and SD, kept in
+`<workdir>/bmd_stats.json`), and the level index (T1..T12, L1..L6 -> 0..17).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from osteojax import probe
+from osteojax.data import augment, pool_data
+from osteojax.data import params as P
+from osteojax.models import moe, resnet3d
+from osteojax.objectives import multitask
+from osteojax.train import lib
+
+DEVICES = P.DEVICE_NAMES
+BMD_STATS = 'bmd_stats.json'
+PREDICTIONS = 'predictions.csv'
+ID_COLUMNS = ['roi_id', 'patient_id', 'site', 'split', 'device', 'level', 'label', 'bmd']
+
+
+# ------------------------------------------------------------------------------------ labels
+def device_index(devices) -> np.ndarray:
+  """DXA device names -> indices into P.DEVICE_NAMES; an unknown device is an error."""
+  devices = [str(d) for d in devices]
+  unknown = sorted(set(devices) - set(DEVICES))
+  if unknown:
+    raise ValueError(f'unknown DXA device(s) {unknown}; known: {", ".join(DEVICES)}')
+  return np.array([DEVICES.index(d) for d in devices], np.int32)
+
+
+def level_index(levels) -> np.ndarray:
+  """Level names (T1..T12, L1..L6) -> 0..17; an unknown level is an error."""
+  levels = [str(v) for v in levels]
+  unknown = sorted(set(levels) - set(P.LEVEL_INDEX))
+  if unknown:
+    raise ValueError(f'unknown vertebra level(s) {unknown}; known: {", ".join(P.LEVELS)}')
+  return np.array([P.LEVEL_INDEX[v] for v in levels], np.int32)
+
+
+def bmd_stats(rows: pd.DataFrame) -> dict:
+  """{device: (mean, sd)} of the BMD readings of training rows, per DXA device."""
+  out = {}
+  for d, g in rows.groupby('device'):
+    b = g.bmd.to_numpy(float)
+    if not np.isfinite(b).all():
+      raise ValueError(f'training rows of device {d!r} have missing/non-finite bmd')
+    out[str(d)] = (float(b.mean()), float(max(b.std(), 1e-6)))
+  return out
+
+
+def standardise_bmd(bmd, devices, stats) -> np.ndarray:
+  mean, sd = _per_row(devices, stats)
+  return ((np.asarray(bmd, float) - mean) / sd).astype(np.float32)
+
+
+def unstandardise_bmd(z, devices, stats) -> np.ndarray:
+  mean, sd = _per_row(devices, stats)
+  return np.asarray(z, float) * sd + mean
+
+
+def _per_row(devices, stats):
+  missing = sorted(set(map(str, devices)) - set(stats))
+  if missing:
+    raise ValueError(f'no BMD statistics for device(s) {missing} (the training split has '
+                         f'none of them); known: {", ".join(sorted(stats))}')
+  mean = np.array([stats[str(d)][0] for d in devices])
+  sd = np.array([stats[str(d)][1] for d in devices])
+  return mean, sd
+
+
+def label_arrays(rows: pd.DataFrame, stats: dict) -> dict:
+  """Per-row training targets and inputs other than the image."""
+  if rows.label.isna().any():
+    raise ValueError('labeled rows without an osteoporosis label (label column is empty)')
+  return dict(device=device_index(rows.device), label=rows.label.to_numpy(np.int32),
+              bmd_z=standardise_bmd(rows.bmd, rows.device, stats),
+              level=level_index(rows.level))
+
+
+# ------------------------------------------------------------------------------------ model
+def build_model(config) -> moe.DiagnosisModel:
+  h = config.head
+  return moe.DiagnosisModel(resnet3d.encoder_from_config(config.model),
+                            moe.DiagnosisHead(h.num_experts, h.hidden_dim, len(DEVICES), h.moe))
+
+
+def init_variables(config, model, input_shape):
+  x = jnp.zeros((2,) + tuple(input_shape) + (1,), jnp.float32)
+  return model.init(jax.random.PRNGKey(config.seed), x, jnp.zeros((2,), jnp.int32), train=False)
+
+
+def load_pretrained_encoder(pre_workdir: str, params, batch_stats, input_shape):
+  """Replace the encoder's params and batch statistics by a pre-training run's (orbax)."""
+  path = os.path.join(pre_workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{pre_workdir}: no config.json; not a pre-training workdir')
+  with open(path) as f:
+    pre_config = ml_collections.ConfigDict(json.load(f))
+  _, variables = probe.load_encoder_state(pre_config, pre_workdir, input_shape)
+  enc_p, enc_s = variables['params']['encoder'], variables['batch_stats']['encoder']
+  shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(a.shape), t)
+  if shapes(enc_p) != shapes(params['encoder']):
+    raise ValueError(f'the encoder in {pre_workdir} (model {dict(pre_config.model)}) does not '
+                     f'match config.model; fine-tune with the same encoder settings')
+  return {**params, 'encoder': enc_p}, {**batch_stats, 'encoder': enc_s}
+
+
+def init_state(config, model, input_shape, optim, total_steps) -> lib.TrainState:
+  variables = init_variables(config, model, input_shape)
+  params, stats = variables['params'], variables['batch_stats']
+  if config.init.checkpoint:
+    params, stats = load_pretrained_encoder(config.init.checkpoint, params, stats, input_shape)
+  return lib.TrainState.create(apply_fn=model.apply, params=params,
+                               tx=lib.make_optimizer(optim, total_steps), batch_stats=stats)
+
+
+def make_loss_fn(config, model):
+  """loss_fn(params, batch_stats, batch, rng, step) for the shared step builder.
+
+  batch: image [b, D, H, W], device [b], label [b], bmd_z [b], level [b] (local shard).
+  """
+  a = config.augment
+
+  def loss_fn(params, batch_stats, batch, rng, step):
+    del step
+    x = batch['image']
+    keys = lib.example_keys(rng, x.shape[0])
+    x = jax.vmap(lambda v, k: augment.flip_and_scale(v, k, a.flip_prob, a.intensity))(x, keys)
+    out, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x[..., None],
+                                batch['device'], train=True, mutable=['batch_stats'])
+    loss, metrics = multitask.multitask_loss(out, batch, config.loss)
+    return loss, (new_vars['batch_stats'], metrics)
+
+  return loss_fn
+
+
+# ------------------------------------------------------------------------------------ predict
+def predict(model, variables, images, devices, batch: int = 32) -> dict:
+  """Outputs for images [N, D, H, W] (float32, pool-normalised) and device indices [N].
+
+  Returns numpy: prob [N] (P(osteoporosis)), bmd_z [N], level [N] (argmax index), gate [N, E].
+  Batches are padded to `batch` so that one compiled function serves every call.
+  """
+  fn = jax.jit(lambda x, d: model.apply(variables, x[..., None], d, train=False))
+  outs = []
+  n = len(images)
+  for i in range(0, n, batch):
+    x, d = images[i:i + batch], devices[i:i + batch]
+    pad = batch - len(x)
+    if pad:
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      d = np.concatenate([d, np.zeros(pad, d.dtype)])
+    o = jax.device_get(fn(jnp.asarray(x), jnp.asarray(d)))
+    outs.append(jax.tree_util.tree_map(lambda v: v[:batch - pad], o))
+  o = jax.tree_util.tree_map(lambda *v: np.concatenate(v), *outs)
+  prob = np.asarray(jax.nn.softmax(o['osteo_logits'], -1)[:, 1])
+  return dict(prob=prob, bmd_z=o['bmd'], level=np.argmax(o['level_logits'], -1), gate=o['gate'])
+
+
+def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
+                  batch: int = 32) -> pd.DataFrame:
+  """The predictions table of every ROI in pools (see tools/evaluate.py for its columns)."""
+  rows = pools.rows
+  dev = device_index(rows.device)
+  parts = []
+  for i in range(0, len(pools), 256):           # bounded memory on large splits
+    idx = np.arange(i, min(i + 256, len(pools)))
+    parts.append(predict(model, variables, pools.read(idx)[:, 0], dev[idx], batch))
+  o = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  df = rows[[c for c in ID_COLUMNS if c in rows]].copy()
+  df['prob'] = o['prob']
+  df['bmd_pred'] = unstandardise_bmd(o['bmd_z'], rows.device, stats)
+  df['level_pred'] = [P.LEVELS[i] for i in o['level']]
+  for j in range(o['gate'].shape[1]):
+    df[f'gate_{j}'] = o['gate'][:, j]
+  return df
+
+
+def load(workdir: str):
+  """(config, model, variables, bmd stats) of a fine-tuning workdir's newest good checkpoint."""
+  for name in ('config.json', BMD_STATS):
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise FileNotFoundError(f'{workdir}: no {name}; not a fine-tuning workdir')
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.task != 'finetune':
+    raise ValueError(f'{workdir} is a {config.task!r} run, not a fine-tuning run')
+  with open(os.path.join(workdir, BMD_STATS)) as f:
+    stats = json.load(f)
+  model = build_model(config)
+  template = init_variables(config, model, config.data.roi_shape)
+  state = lib.TrainState.create(apply_fn=model.apply, params=template['params'],
+                                tx=lib.make_optimizer(_optim(config, 1), 1),
+                                batch_stats=template['batch_stats'])
+  state, step = lib.Checkpoints(workdir).restore(state)
+  if step == 0:
+    raise FileNotFoundError(f'no readable checkpoint in {workdir}/checkpoints')
+  return config, model, {'params': state.params, 'batch_stats': state.batch_stats}, stats
+
+
+def _optim(config, steps_per_epoch):
+  c = config.optim.copy_and_resolve_references()
+  with c.unlocked():
+    c.warmup_steps = int(c.warmup_epochs * steps_per_epoch)
+  return c
+
+
+# ------------------------------------------------------------------------------------ task
+def run(config, workdir: str):
+  """Fine-tune on the train split; predictions of valid + test in <workdir>/predictions.csv."""
+  os.makedirs(workdir, exist_ok=True)
+  train = pool_data.ensure_pool(config, ('train',))
+  n = len(train)
+  if config.batch_size > n:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the {n} training vertebrae')
+  stats = bmd_stats(train.rows)
+  with open(os.path.join(workdir, BMD_STATS), 'w') as f:
+    json.dump(stats, f, indent=1)
+  arrays = label_arrays(train.rows, stats)
+  steps_per_epoch = max(n // config.batch_size, 1)
+  total = config.epochs * steps_per_epoch
+  optim = _optim(config, steps_per_epoch)
+  model = build_model(config)
+  state = init_state(config, model, train.shape[2:], optim, total)
+  init = config.init.checkpoint or 'scratch'
+  print(f'[finetune] {n} vertebrae, {steps_per_epoch} steps/epoch x {config.epochs} epochs = '
+        f'{total} steps, batch {config.batch_size} on {jax.device_count()} device(s); encoder '
+        f'from {init}; head {"MoE x%d" % config.head.num_experts if config.head.moe else "single"}'
+        f'; loss weights {dict(config.loss)}', flush=True)
+
+  def make_batch(step):
+    idx = lib.host_indices(lib.batch_indices(n, config.batch_size, config.seed, step))
+    return dict(image=train.read(idx)[:, 0], **{k: v[idx] for k, v in arrays.items()})
+
+  state = lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
+                  make_batch=make_batch, total_steps=total, seed=config.seed,
+                  batch_size=config.batch_size, log_every=config.log_every,
+                  ckpt_every=config.ckpt_every, lr_fn=lib.make_schedule(optim, total),
+                  name='finetune')
+  evals = pool_data.ensure_pool(config, ('valid', 'test'), progress=False)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  preds = predict_pools(model, variables, evals, stats)
+  path = os.path.join(workdir, PREDICTIONS)
+  preds.to_csv(path + '.tmp', index=False)
+  os.replace(path + '.tmp', path)
+  print(f'[finetune] predictions of {len(preds)} valid/test vertebrae: {path}', flush=True)
+  return preds

@@ -1,0 +1,159 @@
+"""Fine-tuning: MoE head, unified loss, labels, 1 vs 4 devices, and a tiny end-to-end run."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+import pytest
+
+from osteojax import finetune
+from osteojax.models import moe
+from osteojax.objectives import multitask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import finetune as finetune_config  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def moe_head():
+  head = moe.DiagnosisHead(num_experts=3, hidden_dim=5, num_devices=3, moe=True)
+  p = jax.random.normal(jax.random.PRNGKey(1), (6, 7))
+  dev = jnp.array([0, 1, 2, 0, 1, 2])
+  params = head.init(jax.random.PRNGKey(0), p, dev)['params']
+  return head, params, p, dev
+
+
+def test_vmapped_experts_equal_a_loop_over_experts(moe_head):
+  head, params, p, dev = moe_head
+  out = head.apply({'params': params}, p, dev)
+  gate = np.asarray(out['gate'])
+  d = params['device_embedding']['embedding'][dev]
+  logits = (p + d) @ params['gate']['kernel'] + params['gate']['bias']
+  np.testing.assert_allclose(gate, jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
+  total = 0
+  for i in range(3):                       # expert i's slice of the stacked parameters
+    p_i = jax.tree_util.tree_map(lambda a: a[i], params['experts'])
+    e_i = moe.Expert(hidden_dim=5).apply({'params': p_i}, p)
+    total = total + gate[:, i:i + 1] * np.asarray(e_i)
+  ref = moe.split_outputs(total)
+  for k in ('osteo_logits', 'bmd', 'level_logits'):
+    np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-5)
+
+
+def test_gate_sums_to_one_and_device_changes_output(moe_head):
+  head, params, p, dev = moe_head
+  out = head.apply({'params': params}, p, dev)
+  np.testing.assert_allclose(np.asarray(out['gate']).sum(1), 1.0, rtol=1e-6)
+  other = head.apply({'params': params}, p, (dev + 1) % 3)
+  assert np.abs(np.asarray(other['gate']) - np.asarray(out['gate'])).max() > 1e-4
+  assert np.abs(np.asarray(other['osteo_logits']) - np.asarray(out['osteo_logits'])).max() > 1e-5
+  assert out['osteo_logits'].shape == (6, 2) and out['level_logits'].shape == (6, 18)
+
+
+def test_single_head_ignores_device():
+  head = moe.DiagnosisHead(hidden_dim=4, moe=False)
+  p = jnp.ones((2, 3))
+  params = head.init(jax.random.PRNGKey(0), p, jnp.array([0, 1]))['params']
+  a = head.apply({'params': params}, p, jnp.array([0, 1]))
+  b = head.apply({'params': params}, p, jnp.array([2, 2]))
+  np.testing.assert_array_equal(a['osteo_logits'], b['osteo_logits'])
+
+
+def test_multitask_loss_by_hand():
+  out = dict(osteo_logits=jnp.array([[0.0, 1.0], [2.0, 0.0]]), bmd=jnp.array([0.5, -1.0]),
+             level_logits=jnp.zeros((2, 18)).at[0, 12].set(1.0))
+  batch = dict(label=jnp.array([1, 1]), bmd_z=jnp.array([0.0, 1.0]), level=jnp.array([12, 13]))
+  w = ml_collections.ConfigDict(dict(cls=1.0, bmd=1.0, level=0.5))
+  loss, m = multitask.multitask_loss(out, batch, w)
+  ce1 = -np.log(np.e / (1 + np.e))                   # label 1 with logits (0, 1)
+  ce2 = -np.log(1 / (np.e ** 2 + 1))                 # label 1 with logits (2, 0)
+  cls = (ce1 + ce2) / 2
+  mse = (0.25 + 4.0) / 2
+  lv1 = -np.log(np.e / (np.e + 17))                  # level 12, its logit 1, 17 others at 0
+  lv2 = np.log(18)                                   # row 2: all 18 logits equal
+  level = (lv1 + lv2) / 2
+  np.testing.assert_allclose(m['loss_class'], cls, rtol=1e-6)
+  np.testing.assert_allclose(m['loss_bmd'], mse, rtol=1e-6)
+  np.testing.assert_allclose(m['loss_level'], level, rtol=1e-6)
+  np.testing.assert_allclose(loss, cls + mse + 0.5 * level, rtol=1e-6)
+  w.bmd, w.level = 0.0, 0.0
+  np.testing.assert_allclose(multitask.multitask_loss(out, batch, w)[0], cls, rtol=1e-6)
+
+
+def test_labels_and_bad_values():
+  rows = pd.DataFrame(dict(device=['hologic', 'hologic', 'medix', 'medix'],
+                           bmd=[0.9, 1.1, 0.8, 1.0], label=[0, 1, 1, 0],
+                           level=['L1', 'L2', 'L3', 'T12']))
+  stats = finetune.bmd_stats(rows)
+  assert stats['hologic'] == pytest.approx((1.0, 0.1))
+  z = finetune.standardise_bmd(rows.bmd, rows.device, stats)
+  np.testing.assert_allclose(z, [-1, 1, -1, 1], rtol=1e-5)
+  np.testing.assert_allclose(finetune.unstandardise_bmd(z, rows.device, stats), rows.bmd,
+                             rtol=1e-6)
+  a = finetune.label_arrays(rows, stats)
+  assert list(a['level']) == [12, 13, 14, 11] and list(a['device']) == [0, 0, 2, 2]
+  with pytest.raises(ValueError, match='unknown DXA device'):
+    finetune.device_index(['hologic', 'norland'])
+  with pytest.raises(ValueError, match='unknown vertebra level'):
+    finetune.level_index(['L1', 'S1'])
+  with pytest.raises(ValueError, match='no BMD statistics'):
+    finetune.standardise_bmd([1.0], ['ge_lunar'], stats)
+  with pytest.raises(ValueError, match='without an osteoporosis label'):
+    finetune.label_arrays(rows.assign(label=[0, None, 1, 0]), stats)
+
+
+def _losses(devices):
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_losses.py'),
+                        'finetune'], capture_output=True, encoding='utf-8', errors='replace',
+                       env=env, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_finetune_one_and_four_devices_agree():
+  one, four = _losses(1), _losses(4)
+  assert one['devices'] == 1 and four['devices'] == 4
+  np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
+  assert len(set(np.round(one['losses'], 4))) > 1
+
+
+def test_tiny_end_to_end_from_pretraining(tmp_path):
+  """tp_swav:tiny -> finetune:tiny from its checkpoint -> predictions; reload the checkpoint."""
+  sys.path.insert(0, os.path.join(ROOT, 'configs'))
+  import tp_swav
+  from osteojax import pretrain
+  data = str(tmp_path / 'data')
+  pre = tp_swav.get_config('tiny')
+  pre.data.dir, pre.data.labeled_scale, pre.epochs = data, 0.02, 1
+  pretrain.run(pre, str(tmp_path / 'pre'))
+  with open(tmp_path / 'pre' / 'config.json', 'w') as f:
+    f.write(pre.to_json_best_effort())
+  c = finetune_config.get_config('tiny')
+  c.data.dir, c.init.checkpoint = data, str(tmp_path / 'pre')
+  work = tmp_path / 'ft'
+  os.makedirs(work)
+  with open(work / 'config.json', 'w') as f:
+    f.write(c.to_json_best_effort())
+  preds = finetune.run(c, str(work))
+  assert set(preds.split) == {'valid', 'test'}
+  assert preds.prob.between(0, 1).all() and np.isfinite(preds.bmd_pred).all()
+  np.testing.assert_allclose(preds[['gate_0', 'gate_1', 'gate_2']].sum(axis=1), 1.0, rtol=1e-5)
+  config, model, variables, stats = finetune.load(str(work))
+  from osteojax.data import pool_data
+  again = finetune.predict_pools(model, variables,
+                                 pool_data.ensure_pool(config, ('valid', 'test'), False), stats)
+  np.testing.assert_allclose(again.prob, preds.prob, rtol=1e-5, atol=1e-6)
+  bad = finetune_config.get_config('tiny')
+  bad.data.dir, bad.init.checkpoint = data, str(tmp_path / 'pre')
+  bad.model.widths = (4, 16)
+  with pytest.raises(ValueError, match='does not match config.model'):
+    finetune.run(bad, str(tmp_path / 'bad'))
