@@ -378,7 +378,8 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
   """ROC curves on `split`, one panel per site, the models overlaid (the paper's Fig. 3).
 
   A model with several seeds is drawn as its vertically averaged ROC (TPR averaged at fixed
-  FPR) and labelled with its mean ± SD AUC. Panels without both classes say so.
+  FPR) and labelled with its mean ± SD AUC; a dot marks its operating point at its threshold
+  (mean over seeds). Panels without both classes say so.
   """
   import matplotlib
   matplotlib.use('Agg')
@@ -390,7 +391,7 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
     members = SITE_GROUPS.get(site, (site,))
     drawn = 0
     for name, preds in models.items():
-      tprs, aucs = [], []
+      tprs, aucs, ops = [], [], []
       for p in _as_list(preds):
         p = check_predictions(p, name)
         s, y, sc = _level_frame(p, level, split)
@@ -401,13 +402,16 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
         fpr, tpr = _roc_points(y, sc)
         tprs.append(np.interp(grid, fpr, tpr))
         aucs.append(metrics.auc(y, sc))
+        m = metrics.binary_metrics(y, sc >= thresholds(p)[level])
+        ops.append((1 - m['spe'], m['sen']))
       if not tprs:
         continue
       lab = f'{name} ({np.mean(aucs):.3f}' + (f' ± {np.std(aucs, ddof=1):.3f})'
                                                if len(aucs) > 1 else ')')
       curve = np.mean(tprs, 0)
       curve[0] = 0.0
-      ax.plot(grid, curve, lw=1.4, label=lab)
+      line, = ax.plot(grid, curve, lw=1.4, label=lab)
+      ax.plot(*np.mean(ops, 0), 'o', ms=4, c=line.get_color())   # the operating point
       drawn += 1
     ax.plot([0, 1], [0, 1], ls=':', c='grey', lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='1 - specificity', aspect='equal',
