@@ -303,14 +303,15 @@ def oracle_predictions(rows: pd.DataFrame) -> pd.DataFrame:
 # All of them.
 
 def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
-                  progress: bool = True, report: bool = True) -> dict:
+                  progress: bool = True, report: bool = True, base: str | None = None) -> dict:
   """Run every baseline on a data folder; write out_dir/<name>.csv for each of BASELINES.
 
   The oracle needs the generator's truth columns and is skipped on real data.
 
   Reads data_dir/manifest.csv (OsteoSim layout). cache_dir (default out_dir/cache) keeps the
   radiomics features. With report, also writes the evaluation (diagnosis.write_report) of the
-  four tables to out_dir. Returns {name: predictions table}.
+  four tables to out_dir, with paired tests against `base` (one of BASELINES) if given.
+  Returns {name: predictions table}.
   """
   from osteojax.data import osteosim
   manifest_path = os.path.join(data_dir, osteosim.MANIFEST)
@@ -336,5 +337,5 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
   for name, p in preds.items():
     diagnosis.write_predictions(p, os.path.join(out_dir, f'{name}.csv'))
   if report:
-    diagnosis.write_report(preds, out_dir)
+    diagnosis.write_report(preds, out_dir, base=base)
   return preds

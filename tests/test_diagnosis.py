@@ -115,11 +115,15 @@ def test_bad_tables_one_line_errors(edit, message):
   assert '\n' not in str(e.value)
 
 
-def test_validation_without_both_classes_is_an_error():
+def test_validation_without_both_classes():
   df = _table()
   df = df[~((df.split == 'valid') & (df.label == 1))]
+  thr = diagnosis.thresholds(df)                 # a probability: cut at 0.5, and said so
+  assert thr['vertebra'] == 0.5 and thr['rule'] == diagnosis.FALLBACK_RULE
+  a = diagnosis.evaluate(df)
+  assert a[(a.level == 'vertebra') & (a.site == 'A')].iloc[0].sen == 0.5   # .7 yes, .4 no
   with pytest.raises(OsteoDataError, match='validation split: need both classes'):
-    diagnosis.evaluate(df)
+    diagnosis.evaluate(df.assign(score=df.prob * 10))   # not a probability: no threshold
 
 
 def test_read_predictions_round_trip_and_errors(tmp_path):

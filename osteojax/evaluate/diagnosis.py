@@ -25,7 +25,9 @@ follows the paper's "a patient is positive if any vertebra is": the patient scor
 maximum of its vertebra scores and the *same* vertebra threshold decides it, which is exactly
 "positive if any vertebra is positive". With a `patient_score` column, patient calls use that
 score and its own Youden threshold over the validation patients. With a `threshold` column the
-fixed cut-off decides both levels and validation is not used.
+fixed cut-off decides both levels and validation is not used. Where the validation split holds
+one class only (tiny data sets), a probability is cut at 0.5 and the rule says so; a score that
+is not a probability then has no threshold (an error).
 
 Sites: A, B, C (internal, one DXA device each), D (external), `internal` = A + B + C pooled, and
 `all`. Metrics: ACC, SEN, SPE, F1 (fractions), AUC, and, where bmd_pred is given, MAE, Pearson
@@ -55,6 +57,7 @@ LEVELS = ('vertebra', 'patient')
 METRICS = ('acc', 'sen', 'spe', 'f1', 'auc')
 BMD_METRICS = ('bmd_mae', 'bmd_r', 'bmd_r2')
 COUNTS = ('n', 'positives')
+FALLBACK_RULE = 'validation holds one class only: P(osteoporosis) >= 0.5'
 THRESHOLD_RULE = ("Youden's J on the validation vertebrae (all sites pooled); patient = max "
                   "over its vertebrae, same threshold")
 
@@ -163,6 +166,8 @@ def thresholds(pred: pd.DataFrame) -> dict:
   v = pred[pred.split == 'valid']
   if len(v) == 0:
     raise OsteoDataError('predictions', 'no validation rows to choose the threshold on')
+  if v.label.nunique() < 2 and col == 'prob':
+    return dict(vertebra=0.5, patient=0.5, rule=FALLBACK_RULE)
   try:
     t = metrics.youden_threshold(v.label, v[col])
     if 'patient_score' in pred.columns:
@@ -298,6 +303,12 @@ def _fmt(mean, sd, pct):
   return s
 
 
+def _fmt_p(p):
+  if p is None or (isinstance(p, float) and math.isnan(p)):
+    return '-'
+  return f'{p:.2g}' if p >= 1e-4 else '<1e-4'
+
+
 def _stars(p):
   if p is None or (isinstance(p, float) and math.isnan(p)):
     return ''
@@ -316,7 +327,7 @@ def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] 
   sig = summary.get('significance', {})
   head = ['site', 'model', 'seeds'] + [c.upper().replace('BMD_', 'BMD ') for c in columns]
   if sig:
-    head.append(f'P ({p_metric.upper()})')
+    head += [f'P ({p_metric.upper()})', 'DeLong p', 'McNemar p']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for s in sites:
     for name, res in summary['models'].items():
@@ -329,20 +340,27 @@ def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] 
                 for c in columns]
       if sig:
         if name == summary.get('base'):
-          cells.append('base')
+          cells += ['base', '', '']
         else:
           t = [x for x in sig.get(name, []) if x['level'] == level and x['site'] == s]
-          cells.append(_stars(t[0].get(f'ttest_{p_metric}_p') if t else None) or '-')
+          t = t[0] if t else {}
+          cells.append(_stars(t.get(f'ttest_{p_metric}_p')) or '-')
+          cells += [_fmt_p(t.get('delong_p')), _fmt_p(t.get('mcnemar_p'))]
       lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
 def markdown_report(summary: dict, sites: Sequence[str] = SITES + ('internal',)) -> str:
   """Vertebra, patient and (where any model predicts BMD) BMD tables, with their rules."""
-  parts = [f'Split: {summary["split"]}. Threshold: {summary["threshold_rule"]} (fixed cut-offs '
-           'where a model has one). ACC, SEN, SPE, F1 in %; mean ± SD over seeds.']
+  parts = [f'Split: {summary["split"]}. Threshold: {summary["threshold_rule"]}, unless said '
+           'below. ACC, SEN, SPE, F1 in %; mean ± SD over seeds.']
+  for name, res in summary['models'].items():
+    rules = sorted({t['rule'] for t in res['thresholds']} - {THRESHOLD_RULE})
+    if rules:
+      parts.append(f'Threshold of {name}: {"; ".join(rules)}.')
   if 'base' in summary:
-    parts.append(f'P: paired t-test across seeds on F1 against {summary["base"]}.')
+    parts.append(f'P: paired t-test across seeds on F1 against {summary["base"]}; DeLong (AUC) '
+                 'and exact McNemar (accuracy) p: median over seeds, same ROIs.')
   parts += ['', '### Vertebra level', '', markdown_table(summary, 'vertebra', sites), '',
             '### Patient level (positive if any vertebra is)', '',
             markdown_table(summary, 'patient', sites)]
