@@ -1,5 +1,6 @@
 """Metrics on tiny cases computed by hand."""
 import numpy as np
+import pytest
 
 from osteojax.evaluate import metrics
 
@@ -26,3 +27,32 @@ def test_auc_and_best_f1_by_hand():
 def test_patient_level_any_vertebra():
   y, s = metrics.patient_level(['a', 'a', 'b', 'c'], [0, 1, 0, 0], [0.2, 0.9, 0.4, 0.1])
   assert y.tolist() == [1, 0, 0] and s.tolist() == [0.9, 0.4, 0.1]
+
+
+def test_youden_threshold_by_hand():
+  y = [0, 0, 1, 0, 1, 1]
+  s = [1, 2, 3, 4, 5, 6]
+  # cut >= 6: J = 1/3; >= 5: 2/3 - 0; >= 4: 2/3 - 1/3; >= 3: 1 - 1/3; >= 2: 1 - 2/3; >= 1: 0.
+  # Best J = 2/3 at >= 5 and >= 3; the higher cut wins, midpoint to the next score 4.
+  assert metrics.youden_threshold(y, s) == 4.5
+  # >= 3: J = 1/2; >= 2: J = 1 (wins); >= 1: J = 0. Midpoint of 2 and 1.
+  assert metrics.youden_threshold([1, 1, 0], [3, 2, 1]) == 1.5
+  assert metrics.youden_threshold([0, 1], [1, 1]) == 1.0       # one distinct score: itself
+  assert metrics.youden_threshold([0, 1], [2, 1]) == 1.0       # J = 0 everywhere: top cut
+  with pytest.raises(ValueError, match='both classes'):
+    metrics.youden_threshold([1, 1], [0.2, 0.3])
+
+
+def test_regression_metrics_by_hand():
+  y = [1.0, 2.0, 3.0, float('nan')]
+  yhat = [1.0, 2.0, 5.0, 9.0]
+  m = metrics.regression_metrics(y, yhat)
+  # residuals 0, 0, -2 -> MAE 2/3; SS_res 4, SS_tot 2 -> R^2 = -1
+  assert m['n'] == 3 and np.isclose(m['mae'], 2 / 3) and np.isclose(m['r2'], -1.0)
+  # r of (1, 2, 3) and (1, 2, 5): cov = 2, sd products sqrt(1 * 13/3 * ...) by the definition
+  a, b = np.array([1, 2, 3.]), np.array([1, 2, 5.])
+  r = np.sum((a - a.mean()) * (b - b.mean())) / np.sqrt(np.sum((a - a.mean()) ** 2)
+                                                        * np.sum((b - b.mean()) ** 2))
+  assert np.isclose(m['r'], r)
+  assert np.isnan(metrics.regression_metrics([1.0], [2.0])['r'])
+  assert metrics.regression_metrics([np.nan], [1.0])['n'] == 0

@@ -1,11 +1,13 @@
 """Binary diagnosis metrics (the paper's ACC, SEN, SPE, F1, AUC) and patient aggregation.
 
 One module for every task: numpy in, plain floats out. AUC comes from scikit-learn.
+Also: the validation threshold rule (Youden's J) and the BMD regression metrics.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn import metrics as skm
 
 
@@ -47,3 +49,49 @@ def patient_level(patient_ids, y, score) -> tuple[np.ndarray, np.ndarray]:
   df = pd.DataFrame(dict(p=patient_ids, y=np.asarray(y), s=np.asarray(score)))
   g = df.groupby('p', sort=True)
   return g.y.max().to_numpy(), g.s.max().to_numpy()
+
+
+def youden_threshold(y, score) -> float:
+  """Decision threshold that maximises Youden's J = SEN + SPE - 1 on (y, score).
+
+  A case is called positive when score >= threshold. Among the distinct scores, the cut with
+  the largest J wins (ties: the higher cut, i.e. fewer positives); the threshold returned is
+  the midpoint between that cut and the next lower distinct score, so cases scored between
+  them are not decided by which side of a single validation score they fall on. It makes the
+  same calls as the cut on (y, score) itself. Raises ValueError when y holds one class only.
+  """
+  y = np.asarray(y).astype(int)
+  score = np.asarray(score, np.float64)
+  if len(np.unique(y)) < 2:
+    raise ValueError(f'need both classes to choose a threshold, got {len(y)} cases of class '
+                     f'{np.unique(y).tolist()}')
+  if not np.all(np.isfinite(score)):
+    raise ValueError('scores must be finite to choose a threshold')
+  fpr, tpr, thr = skm.roc_curve(y, score, drop_intermediate=False)
+  # thr[0] is +inf (nothing positive); thr[k] for k >= 1 are the distinct scores, descending.
+  j = tpr[1:] - fpr[1:]
+  k = int(np.flatnonzero(j >= j.max() - 1e-12)[0]) + 1   # float ties: 2/3 vs 1 - 1/3
+  if k + 1 < len(thr):
+    return float((thr[k] + thr[k + 1]) / 2)
+  return float(thr[k])
+
+
+def regression_metrics(y, yhat) -> dict:
+  """MAE, Pearson r and R^2 = 1 - SS_res / SS_tot of predictions yhat of y ([N] floats).
+
+  Pairs with a NaN on either side are dropped; n counts the pairs used. r and R^2 are NaN
+  with fewer than 2 pairs or a constant side.
+  """
+  y = np.asarray(y, np.float64)
+  yhat = np.asarray(yhat, np.float64)
+  ok = np.isfinite(y) & np.isfinite(yhat)
+  y, yhat = y[ok], yhat[ok]
+  nan = float('nan')
+  if len(y) == 0:
+    return dict(mae=nan, r=nan, r2=nan, n=0)
+  mae = float(np.mean(np.abs(y - yhat)))
+  if len(y) < 2 or np.ptp(y) == 0:
+    return dict(mae=mae, r=nan, r2=nan, n=int(len(y)))
+  r = nan if np.ptp(yhat) == 0 else float(stats.pearsonr(y, yhat).statistic)
+  r2 = float(1 - np.sum((y - yhat) ** 2) / np.sum((y - y.mean()) ** 2))
+  return dict(mae=mae, r=r, r2=r2, n=int(len(y)))

@@ -1,0 +1,36 @@
+"""Run the clinical baselines and the oracle on a data folder; write predictions and tables.
+
+  python tools/run_baselines.py --data data/osteosim_s0.05_seed0_32x32x32 --out results/baselines \
+      [--base hu160]
+
+Writes <out>/hu160.csv, hu110.csv, radiomics_lr.csv, oracle.csv (predictions tables, see
+osteojax/evaluate/diagnosis.py), and their evaluation: results.md, results.json,
+roc_vertebra.png, roc_patient.png. Radiomics features are cached in <out>/cache (or --cache).
+Prints the Markdown tables. Bad input: one line `error: <file>: <problem>`, exit status 2.
+"""
+import argparse
+import os
+import sys
+
+from osteojax import baselines
+from osteojax.data import io as dio
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--data', required=True, help='data folder holding manifest.csv')
+  ap.add_argument('--out', required=True, help='output folder')
+  ap.add_argument('--cache', default=None, help='radiomics feature cache (default <out>/cache)')
+  ap.add_argument('--base', default=None, choices=baselines.BASELINES,
+                  help='paired tests (DeLong, McNemar) of the others against this row')
+  ap.add_argument('--quiet', action='store_true', help='no progress bars')
+  args = ap.parse_args(argv)
+  baselines.run_baselines(args.data, args.out, args.cache, progress=not args.quiet,
+                          base=args.base)
+  with open(os.path.join(args.out, 'results.md')) as f:
+    print(f.read())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(dio.run_cli(main))
