@@ -23,8 +23,8 @@ def get_config(arg=None):
   c.log_every = 5
   c.ckpt_every = 20
   c.data = ml_collections.ConfigDict(dict(
-      seed=0, dir='', scale=0.05, roi_shape=(32, 32, 32), spacing_mm=1.8, supersample=2,
-      workers=0))
+      seed=0, dir='', scale=0.05, labeled_scale=0.2, roi_shape=(32, 32, 32), spacing_mm=1.8,
+      supersample=2, workers=0))
   c.model = ml_collections.ConfigDict(dict(
       name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
       stem_pool=True))
@@ -35,14 +35,16 @@ def get_config(arg=None):
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_epochs=1, decay='cosine'))
   if arg == 'paper':
-    c.data.scale, c.data.roi_shape, c.data.spacing_mm = 1.0, (64, 64, 64), 0.9
+    c.data.scale, c.data.labeled_scale = 1.0, None
+    c.data.roi_shape, c.data.spacing_mm = (64, 64, 64), 0.9
     c.model.widths = (64, 128, 256, 512)
     c.epochs, c.optim.warmup_epochs = 300, 100
     c.swav.hidden_dim, c.swav.proj_dim, c.swav.num_prototypes = 2048, 128, 300
     c.swav.freeze_prototypes_steps = 313      # SwAV: first epoch (about 30k/32 steps / 3)
     c.log_every, c.ckpt_every = 50, 1000
   elif arg == 'tiny':
-    c.data.scale, c.data.roi_shape, c.data.spacing_mm = 0.004, (16, 16, 16), 3.6
+    c.data.scale, c.data.labeled_scale = 0.004, None
+    c.data.roi_shape, c.data.spacing_mm = (16, 16, 16), 3.6
     c.model.stage_sizes, c.model.widths, c.model.stem_pool = (1, 1), (4, 8), False
     c.swav.hidden_dim, c.swav.proj_dim, c.swav.num_prototypes = 16, 8, 6
     c.swav.freeze_prototypes_steps = 1

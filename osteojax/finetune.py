@@ -27,6 +27,7 @@ import pandas as pd
 from osteojax import probe
 from osteojax.data import augment, pool_data
 from osteojax.data import params as P
+from osteojax.evaluate import diagnosis
 from osteojax.models import moe, resnet3d
 from osteojax.objectives import multitask
 from osteojax.train import lib
@@ -259,8 +260,16 @@ def run(config, workdir: str):
   evals = pool_data.ensure_pool(config, ('valid', 'test'), progress=False)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   preds = predict_pools(model, variables, evals, stats)
-  path = os.path.join(workdir, PREDICTIONS)
-  preds.to_csv(path + '.tmp', index=False)
-  os.replace(path + '.tmp', path)
-  print(f'[finetune] predictions of {len(preds)} valid/test vertebrae: {path}', flush=True)
+  report(preds, workdir)
   return preds
+
+
+def report(preds: pd.DataFrame, workdir: str, name: str = 'model') -> dict:
+  """Write <workdir>/predictions.csv and its evaluation (<workdir>/eval); print the tables."""
+  path = os.path.join(workdir, PREDICTIONS)
+  diagnosis.write_predictions(preds, path)
+  out = os.path.join(workdir, 'eval')
+  summary = diagnosis.write_report({name: preds}, out)
+  print(diagnosis.markdown_report(summary), flush=True)
+  print(f'[finetune] predictions: {path}; tables and ROC curves: {out}/', flush=True)
+  return summary

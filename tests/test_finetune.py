@@ -126,34 +126,94 @@ def test_finetune_one_and_four_devices_agree():
   assert len(set(np.round(one['losses'], 4))) > 1
 
 
-def test_tiny_end_to_end_from_pretraining(tmp_path):
-  """tp_swav:tiny -> finetune:tiny from its checkpoint -> predictions; reload the checkpoint."""
-  sys.path.insert(0, os.path.join(ROOT, 'configs'))
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """tp_swav:tiny -> finetune:tiny from its checkpoint (shared by the tests below)."""
   import tp_swav
   from osteojax import pretrain
-  data = str(tmp_path / 'data')
+  tmp = tmp_path_factory.mktemp('finetune')
+  data = str(tmp / 'data')
   pre = tp_swav.get_config('tiny')
   pre.data.dir, pre.data.labeled_scale, pre.epochs = data, 0.02, 1
-  pretrain.run(pre, str(tmp_path / 'pre'))
-  with open(tmp_path / 'pre' / 'config.json', 'w') as f:
+  pretrain.run(pre, str(tmp / 'pre'))
+  with open(tmp / 'pre' / 'config.json', 'w') as f:
     f.write(pre.to_json_best_effort())
   c = finetune_config.get_config('tiny')
-  c.data.dir, c.init.checkpoint = data, str(tmp_path / 'pre')
-  work = tmp_path / 'ft'
+  c.data.dir, c.init.checkpoint = data, str(tmp / 'pre')
+  work = tmp / 'ft'
   os.makedirs(work)
   with open(work / 'config.json', 'w') as f:
     f.write(c.to_json_best_effort())
-  preds = finetune.run(c, str(work))
+  return tmp, c, finetune.run(c, str(work))
+
+
+def test_tiny_end_to_end_from_pretraining(tiny_run):
+  """Predictions of valid/test; the saved checkpoint reloads to the same predictions."""
+  tmp, c, preds = tiny_run
+  work = tmp / 'ft'
   assert set(preds.split) == {'valid', 'test'}
   assert preds.prob.between(0, 1).all() and np.isfinite(preds.bmd_pred).all()
   np.testing.assert_allclose(preds[['gate_0', 'gate_1', 'gate_2']].sum(axis=1), 1.0, rtol=1e-5)
+  assert (work / 'eval' / 'results.md').exists() and (work / 'eval' / 'roc_vertebra.png').exists()
   config, model, variables, stats = finetune.load(str(work))
   from osteojax.data import pool_data
   again = finetune.predict_pools(model, variables,
                                  pool_data.ensure_pool(config, ('valid', 'test'), False), stats)
   np.testing.assert_allclose(again.prob, preds.prob, rtol=1e-5, atol=1e-6)
   bad = finetune_config.get_config('tiny')
-  bad.data.dir, bad.init.checkpoint = data, str(tmp_path / 'pre')
+  bad.data.dir, bad.init.checkpoint = c.data.dir, c.init.checkpoint
   bad.model.widths = (4, 16)
   with pytest.raises(ValueError, match='does not match config.model'):
-    finetune.run(bad, str(tmp_path / 'bad'))
+    finetune.run(bad, str(tmp / 'bad'))
+
+
+def test_predict_on_a_torso_ct(tiny_run, tmp_path):
+  """tools/predict.py: per-vertebra report of a generated torso; clear errors on bad input."""
+  from osteojax import predict
+  from osteojax.data import torso
+  tmp, _, _ = tiny_run
+  made = torso.make_torso(torso.TorsoSpec(first='T12', last='L2', convention='verse',
+                                          torso_mm=(120.0, 100.0), spacing=(1.2, 1.2, 2.5)),
+                          np.random.default_rng(0))
+  torso.write_torso(made, tmp_path / 'torso')
+  ct, mask = str(tmp_path / 'torso' / 'ct.nii.gz'), str(tmp_path / 'torso' / 'mask.nii.gz')
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'), '--ct', ct,
+                        '--mask', mask, '--checkpoint', str(tmp / 'ft'), '--labels', 'verse',
+                        '--sex', 'F', '--out', str(tmp_path / 'out')], capture_output=True,
+                       encoding='utf-8', errors='replace', env=dict(os.environ, PYTHONPATH=ROOT))
+  assert res.returncode == 0, res.stderr[-2000:]
+  with open(tmp_path / 'out' / 'prediction.json') as f:
+    rep = json.load(f)
+  assert [v['level'] for v in rep['vertebrae']] == ['T12', 'L1', 'L2']
+  for v in rep['vertebrae']:
+    assert set(v['devices']) == {'hologic', 'ge_lunar', 'medix'}
+    for d, r in v['devices'].items():
+      assert 0 <= r['p_osteoporosis'] <= 1
+      if v['level'] == 'T12':
+        assert r['t_score'] is None and r['who_class'] == 'no DXA reference'
+      else:                           # the T-score is the device's own: recompute it
+        from osteojax.data import cohort
+        t = cohort.t_score(d, r['bmd'], 'F', v['level'])
+        assert abs(r['t_score'] - t) < 0.01
+        assert r['who_class'] == predict.who_class(r['t_score'])
+  assert (tmp_path / 'out' / 'prediction.png').stat().st_size > 10_000
+  assert predict.who_class(-2.5) == 'osteoporosis' and predict.who_class(-1.0) == 'normal'
+  assert predict.who_class(-1.01) == 'osteopenia'
+
+  def err(*args):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'), *args,
+                        '--sex', 'F', '--out', str(tmp_path / 'bad')], capture_output=True,
+                       encoding='utf-8', errors='replace', env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 2 and not (tmp_path / 'bad').exists(), r.stderr[-2000:]
+    return r.stderr.strip().splitlines()[-1]
+
+  assert 'not a fine-tuning workdir' in err('--ct', ct, '--mask', mask, '--checkpoint',
+                                            str(tmp_path / 'none'), '--labels', 'verse')
+  assert 'no vertebra in the totalseg' in err('--ct', ct, '--mask', mask, '--checkpoint',
+                                              str(tmp / 'ft'), '--labels', 'totalseg')
+  other = torso.make_torso(torso.TorsoSpec(first='T12', last='L2', convention='verse',
+                                           torso_mm=(120.0, 100.0), spacing=(1.0, 1.0, 2.0)),
+                           np.random.default_rng(0))
+  torso.write_torso(other, tmp_path / 'other')
+  assert 'error:' in err('--ct', ct, '--mask', str(tmp_path / 'other' / 'mask.nii.gz'),
+                         '--checkpoint', str(tmp / 'ft'), '--labels', 'verse')
