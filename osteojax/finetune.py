@@ -178,8 +178,11 @@ def predict(model, variables, images, devices, batch: int = 32) -> dict:
 
 
 def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
-                  batch: int = 32) -> pd.DataFrame:
-  """The predictions table of every ROI in pools (see tools/evaluate.py for its columns)."""
+                  batch: int = 32, with_bmd: bool = True) -> pd.DataFrame:
+  """The predictions table of every ROI in pools (osteojax/evaluate/diagnosis.py's columns).
+
+  with_bmd=False (a model trained without the BMD loss): bmd_pred is NaN, not an untrained output.
+  """
   rows = pools.rows
   dev = device_index(rows.device)
   parts = []
@@ -189,7 +192,7 @@ def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
   o = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   df = rows[[c for c in ID_COLUMNS if c in rows]].copy()
   df['prob'] = o['prob']
-  df['bmd_pred'] = unstandardise_bmd(o['bmd_z'], rows.device, stats)
+  df['bmd_pred'] = unstandardise_bmd(o['bmd_z'], rows.device, stats) if with_bmd else np.nan
   df['level_pred'] = [P.LEVELS[i] for i in o['level']]
   for j in range(o['gate'].shape[1]):
     df[f'gate_{j}'] = o['gate'][:, j]
@@ -259,7 +262,7 @@ def run(config, workdir: str):
                   name='finetune')
   evals = pool_data.ensure_pool(config, ('valid', 'test'), progress=False)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  preds = predict_pools(model, variables, evals, stats)
+  preds = predict_pools(model, variables, evals, stats, with_bmd=config.loss.bmd > 0)
   report(preds, workdir)
   return preds
 

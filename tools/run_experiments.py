@@ -1,0 +1,114 @@
+"""The experiment grid of the paper's Tables 2-4 on OsteoSim, with baselines and the oracle.
+
+  python tools/run_experiments.py --seeds 0 1 2 --out results/grid [--arg ''] \
+      [--finetune-epochs N] [--pretrain-epochs N] [--pretrain-seeds shared|each]
+
+Rows (each fine-tuned with every seed; encoder, data and budget shared):
+  scratch_class        ResNet34-3D from scratch, class loss
+  swav_class           SwAV-pre-trained encoder, class loss
+  tpswav_class         TP-SwAV-pre-trained encoder, class loss
+  tpswav_class_bmd     + BMD loss
+  tpswav_unified       + level loss (the unified loss, eq. 4)
+  tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
+plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr and the oracle
+(tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run (seed 0) shared by the
+fine-tuning seeds (--pretrain-seeds shared, the default, to fit a CPU), or one per seed (each).
+Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
+skipped, interrupted ones resume from their checkpoints. Writes <out>/results.md, results.json,
+roc_vertebra.png, roc_patient.png (thresholds from validation only) and prints the tables.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+
+import finetune as finetune_config  # noqa: E402
+
+from osteojax import baselines, finetune  # noqa: E402
+from osteojax.data import task as data_task  # noqa: E402
+from osteojax.evaluate import diagnosis  # noqa: E402
+
+ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE)
+    'scratch_class': ('', (1.0, 0.0, 0.0), False),
+    'swav_class': ('swav', (1.0, 0.0, 0.0), False),
+    'tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False),
+    'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False),
+    'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False),
+    'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True),
+}
+BASE = 'tpswav_unified_moe'
+
+
+def _main_cmd(config_file, arg, workdir, overrides):
+  return ([sys.executable, '-m', 'osteojax.main', '--config',
+           os.path.join(ROOT, 'configs', config_file) + (f':{arg}' if arg else ''),
+           '--workdir', workdir] + [f'--config.{k}={v}' for k, v in overrides.items()])
+
+
+def _run(cmd, done_file):
+  if os.path.exists(done_file):
+    print(f'[grid] done already: {os.path.dirname(done_file)}', flush=True)
+    return
+  print('+', ' '.join(cmd), flush=True)
+  t0 = time.time()
+  subprocess.run(cmd, check=True, cwd=ROOT)
+  print(f'[grid] {time.time() - t0:.0f} s', flush=True)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+  ap.add_argument('--out', default='results/grid')
+  ap.add_argument('--arg', default='', help="config argument ('' = CPU default, tiny, paper)")
+  ap.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
+  ap.add_argument('--finetune-epochs', type=int, default=None)
+  ap.add_argument('--pretrain-epochs', type=int, default=None)
+  ap.add_argument('--pretrain-seeds', choices=('shared', 'each'), default='shared')
+  ap.add_argument('--no-baselines', action='store_true')
+  a = ap.parse_args()
+  runs = os.path.join(os.path.abspath(a.out), 'runs')
+  t0 = time.time()
+  pre_dirs = {}
+  for method in sorted({ROWS[r][0] for r in a.rows} - {''}):
+    for seed in (a.seeds if a.pretrain_seeds == 'each' else [0]):
+      wd = os.path.join(runs, f'{method}_s{seed}')
+      over = {'seed': seed}
+      if a.pretrain_epochs:
+        over['epochs'] = a.pretrain_epochs
+      # a finished pre-training run has its final checkpoint; fit() then returns at once
+      _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
+      open(os.path.join(wd, 'PRETRAIN_DONE'), 'w').close()
+      pre_dirs[method, seed] = wd
+  models = {}
+  for row in a.rows:
+    method, (w_cls, w_bmd, w_level), use_moe = ROWS[row]
+    models[row] = []
+    for seed in a.seeds:
+      wd = os.path.join(runs, f'{row}_s{seed}')
+      pre_seed = seed if a.pretrain_seeds == 'each' else 0
+      over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
+              'head.moe': use_moe}
+      if method:
+        over['init.checkpoint'] = pre_dirs[method, pre_seed]
+      if a.finetune_epochs:
+        over['epochs'] = a.finetune_epochs
+      pred_path = os.path.join(wd, finetune.PREDICTIONS)
+      _run(_main_cmd('finetune.py', a.arg, wd, over), pred_path)
+      models[row].append(diagnosis.read_predictions(pred_path))
+  if not a.no_baselines:
+    config = finetune_config.get_config(a.arg or None)
+    base_preds = baselines.run_baselines(data_task.data_dir(config),
+                                         os.path.join(a.out, 'baselines'), report=False)
+    models.update(base_preds)
+  summary = diagnosis.write_report(models, a.out, base=BASE if BASE in models else None)
+  print(diagnosis.markdown_report(summary), flush=True)
+  print(f'[grid] {len(a.rows)} rows x {len(a.seeds)} seeds in {(time.time() - t0) / 60:.1f} min;'
+        f' tables and ROC curves in {a.out}/', flush=True)
+
+
+if __name__ == '__main__':
+  main()
