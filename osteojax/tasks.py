@@ -13,6 +13,7 @@ TASKS = {
     'tp_swav': 'osteojax.pretrain',      # TP-SwAV pre-training (views from the texture pool)
     'swav': 'osteojax.pretrain',         # SwAV baseline (views from random crops)
     'finetune': 'osteojax.finetune',     # MoE multi-task fine-tuning + valid/test predictions
+    'pipeline': 'osteojax.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
 }
 
 

@@ -128,29 +128,22 @@ def test_finetune_one_and_four_devices_agree():
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
-  """tp_swav:tiny -> finetune:tiny from its checkpoint (shared by the tests below)."""
-  import tp_swav
-  from osteojax import pretrain
-  tmp = tmp_path_factory.mktemp('finetune')
-  data = str(tmp / 'data')
-  pre = tp_swav.get_config('tiny')
-  pre.data.dir, pre.data.labeled_scale, pre.epochs = data, 0.02, 1
-  pretrain.run(pre, str(tmp / 'pre'))
-  with open(tmp / 'pre' / 'config.json', 'w') as f:
-    f.write(pre.to_json_best_effort())
-  c = finetune_config.get_config('tiny')
-  c.data.dir, c.init.checkpoint = data, str(tmp / 'pre')
-  work = tmp / 'ft'
-  os.makedirs(work)
-  with open(work / 'config.json', 'w') as f:
-    f.write(c.to_json_best_effort())
-  return tmp, c, finetune.run(c, str(work))
+  """`make run`'s pipeline at tiny size: data -> TP-SwAV -> MoE fine-tune -> evaluation."""
+  import default
+  from osteojax import pipeline
+  tmp = tmp_path_factory.mktemp('slice')
+  c = default.get_config('tiny')
+  c.data.dir, c.pretrain.epochs = str(tmp / 'data'), 1
+  preds = pipeline.run(c, str(tmp))
+  return tmp, pipeline.stage_config(c, 'finetune'), preds
 
 
 def test_tiny_end_to_end_from_pretraining(tiny_run):
   """Predictions of valid/test; the saved checkpoint reloads to the same predictions."""
   tmp, c, preds = tiny_run
-  work = tmp / 'ft'
+  work = tmp / 'finetune'
+  assert (tmp / 'data' / 'osteosim_summary.md').exists()
+  assert os.listdir(tmp / 'pretrain' / 'checkpoints') and os.listdir(work / 'checkpoints')
   assert set(preds.split) == {'valid', 'test'}
   assert preds.prob.between(0, 1).all() and np.isfinite(preds.bmd_pred).all()
   np.testing.assert_allclose(preds[['gate_0', 'gate_1', 'gate_2']].sum(axis=1), 1.0, rtol=1e-5)
@@ -161,7 +154,7 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
                                  pool_data.ensure_pool(config, ('valid', 'test'), False), stats)
   np.testing.assert_allclose(again.prob, preds.prob, rtol=1e-5, atol=1e-6)
   bad = finetune_config.get_config('tiny')
-  bad.data.dir, bad.init.checkpoint = c.data.dir, c.init.checkpoint
+  bad.data.dir, bad.init.checkpoint = c.data.dir, str(tmp / 'pretrain')
   bad.model.widths = (4, 16)
   with pytest.raises(ValueError, match='does not match config.model'):
     finetune.run(bad, str(tmp / 'bad'))
@@ -178,7 +171,7 @@ def test_predict_on_a_torso_ct(tiny_run, tmp_path):
   torso.write_torso(made, tmp_path / 'torso')
   ct, mask = str(tmp_path / 'torso' / 'ct.nii.gz'), str(tmp_path / 'torso' / 'mask.nii.gz')
   res = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'), '--ct', ct,
-                        '--mask', mask, '--checkpoint', str(tmp / 'ft'), '--labels', 'verse',
+                        '--mask', mask, '--checkpoint', str(tmp / 'finetune'), '--labels', 'verse',
                         '--sex', 'F', '--out', str(tmp_path / 'out')], capture_output=True,
                        encoding='utf-8', errors='replace', env=dict(os.environ, PYTHONPATH=ROOT))
   assert res.returncode == 0, res.stderr[-2000:]
@@ -210,10 +203,10 @@ def test_predict_on_a_torso_ct(tiny_run, tmp_path):
   assert 'not a fine-tuning workdir' in err('--ct', ct, '--mask', mask, '--checkpoint',
                                             str(tmp_path / 'none'), '--labels', 'verse')
   assert 'no vertebra in the totalseg' in err('--ct', ct, '--mask', mask, '--checkpoint',
-                                              str(tmp / 'ft'), '--labels', 'totalseg')
+                                              str(tmp / 'finetune'), '--labels', 'totalseg')
   other = torso.make_torso(torso.TorsoSpec(first='T12', last='L2', convention='verse',
                                            torso_mm=(120.0, 100.0), spacing=(1.0, 1.0, 2.0)),
                            np.random.default_rng(0))
   torso.write_torso(other, tmp_path / 'other')
   assert 'error:' in err('--ct', ct, '--mask', str(tmp_path / 'other' / 'mask.nii.gz'),
-                         '--checkpoint', str(tmp / 'ft'), '--labels', 'verse')
+                         '--checkpoint', str(tmp / 'finetune'), '--labels', 'verse')

@@ -83,7 +83,9 @@ def summary_markdown(df: pd.DataFrame, info: dict | None = None,
   """
   parts = []
   if info:
-    parts.append(f"OsteoSim (generated data, not clinical): scale {info.get('scale')}, "
+    labeled = (f" (labeled splits: {info['labeled_scale']})" if info.get('labeled_scale')
+               else '')
+    parts.append(f"OsteoSim (generated data, not clinical): scale {info.get('scale')}{labeled}, "
                  f"seed {info.get('seed')}, parameters {info.get('params_digest')}, "
                  f"{info.get('n_rois')} ROIs.")
   ct = counts_table(df)
