@@ -98,16 +98,31 @@ def test_ratio_test_is_lowes():
   tgt /= np.linalg.norm(tgt, axis=1, keepdims=True)
   near = tgt[2] + 0.05 * rng.normal(size=8)                 # clearly closest to target 2
   amb = tgt[0] + tgt[1]                                      # halfway between targets 0 and 1
-  src_idx, tgt_idx, sim = rigid.ratio_test_matches(np.stack([near, amb]), tgt, ratio=0.8)
-  assert src_idx.tolist() == [0] and tgt_idx.tolist() == [2]
+  m = rigid.ratio_test_matches(np.stack([near, amb]), tgt, (2, 3), ratio=0.8)
+  assert m.src_index.tolist() == [0] and m.tgt_index.tolist() == [2]
+  assert m.tgt_xy.tolist() == [[2.0, 0.0]]                   # cell 2 of a 2 x 3 grid
   # by hand: distances of unit vectors for the kept match
   n = near / np.linalg.norm(near)
   s = tgt @ n
   d = np.sqrt(2 - 2 * np.sort(s)[::-1][:2])
-  assert d[0] < 0.8 * d[1] and np.isclose(sim[0], s.max(), atol=1e-5)
-  # excluding the best's neighbourhood: two adjacent copies stop being rivals
-  tgt2 = np.concatenate([tgt, tgt[2:3]])
-  xy = np.array([[0, 0], [5, 0], [10, 0], [15, 0], [20, 0], [25, 0], [11, 0]], float)
-  assert len(rigid.ratio_test_matches(near[None], tgt2, 0.8)[0]) == 0
-  kept = rigid.ratio_test_matches(near[None], tgt2, 0.8, tgt_xy=xy, exclude_radius=2.0)
-  assert kept[1].tolist() in ([2], [6])
+  assert d[0] < 0.8 * d[1] and np.isclose(m.similarity[0], s.max(), atol=1e-5)
+  # the paper's printed inequality (tau * s1 < s2) would keep the ambiguous one instead
+  a = amb / np.linalg.norm(amb)
+  sa = np.sort(tgt @ a)[::-1]
+  assert 0.8 * sa[0] < sa[1] and not 0.8 * s.max() < np.sort(s)[-2]
+  # two adjacent copies of the best are rivals for the plain test, not beyond a radius
+  tgt2 = np.concatenate([tgt[:3], tgt[2:3], tgt[3:]])        # cells 2 and 3 are equal
+  assert len(rigid.ratio_test_matches(near[None], tgt2, (1, 7), 0.8).src_index) == 0
+  kept = rigid.ratio_test_matches(near[None], tgt2, (1, 7), 0.8, exclude_radius=1.0)
+  assert kept.tgt_index.tolist() in ([2], [3])
+
+
+def test_ratio_test_subcell_position():
+  # target cell x holds the unit vector at angle 0.5 x: cos similarity = cos(0.5 (x - x0))
+  x = np.arange(9)
+  tgt = np.stack([np.cos(0.5 * x), np.sin(0.5 * x)], -1)
+  x0 = 4.3
+  src = np.array([[np.cos(0.5 * x0), np.sin(0.5 * x0)]])
+  m = rigid.ratio_test_matches(src, tgt, (1, 9), 0.9, exclude_radius=1.5, subcell=True)
+  assert m.tgt_index.tolist() == [4]
+  assert abs(m.tgt_xy[0, 0] - x0) < 0.02 and m.tgt_xy[0, 1] == 0.0

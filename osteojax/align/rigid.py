@@ -217,18 +217,23 @@ def _hypotheses(src, dst, iterations, seed, min_separation):
 
 def _hyp_residuals(rot, off, src, dst):
   """Squared residuals of every hypothesis at every pair: [K, N]."""
-  pred = np.einsum('kab,nb->kna', rot, src) + off[:, None, :]
-  return np.sum((pred - dst[None]) ** 2, axis=-1)
+  x, y = src[:, 0], src[:, 1]
+  px = rot[:, 0, 0, None] * x + rot[:, 0, 1, None] * y + off[:, 0, None] - dst[:, 0]
+  py = rot[:, 1, 0, None] * x + rot[:, 1, 1, None] * y + off[:, 1, None] - dst[:, 1]
+  return px * px + py * py
 
 
-def ransac_rigid(src, dst, threshold: float, iterations: int = 500, seed: int = 0,
-                 refits: int = 3, min_separation: float = 1e-6) -> tuple[Rigid2D, np.ndarray]:
+def ransac_rigid(src, dst, threshold: float, iterations: int = 1000, seed: int = 0,
+                 confidence: float = 0.999, refits: int = 3, chunk: int = 64,
+                 min_separation: float = 1e-6) -> tuple[Rigid2D, np.ndarray]:
   """RANSAC rigid fit: (transform, inlier mask [N] bool).
 
-  Hypotheses are exact rigid maps through two random distinct pairs (numpy Generator seeded
-  by `seed`: the same inputs give the same result). The best hypothesis has the most pairs
-  with residual <= threshold (ties: smaller truncated squared error); it is then refitted by
-  least squares on its inliers, `refits` times, re-selecting the inliers each time.
+  Hypotheses are exact rigid maps through two random distinct pairs, all drawn up front from a
+  numpy Generator seeded by `seed` (the same inputs give the same result) and scored in chunks;
+  sampling stops once enough were scored to have drawn one all-inlier pair with probability
+  `confidence` at the best inlier fraction so far (at most `iterations`). The best hypothesis
+  has the most pairs with residual <= threshold (ties: smaller truncated squared error); it is
+  then refitted by least squares on its inliers, `refits` times, re-selecting the inliers.
   """
   src, dst = _check_pairs(src, dst, 2)
   if not threshold > 0:
@@ -236,13 +241,23 @@ def ransac_rigid(src, dst, threshold: float, iterations: int = 500, seed: int = 
   rot, off = _hypotheses(src, dst, iterations, seed, min_separation)
   if not len(rot):
     raise ValueError('all sampled point pairs coincide: no rigid hypothesis')
-  r2 = _hyp_residuals(rot, off, src, dst)
   thr2 = threshold ** 2
-  count = np.sum(r2 <= thr2, axis=1)
-  cost = np.sum(np.minimum(r2, thr2), axis=1)
-  best = np.lexsort((cost, -count))[0]
+  best_key, best = None, None
+  done = 0
+  while done < len(rot):
+    sl = slice(done, done + chunk)
+    r2 = _hyp_residuals(rot[sl], off[sl], src, dst)
+    count = np.sum(r2 <= thr2, axis=1)
+    cost = np.sum(np.minimum(r2, thr2), axis=1)
+    k = np.lexsort((cost, -count))[0]
+    if best_key is None or (-count[k], cost[k]) < best_key:
+      best_key, best = (-count[k], cost[k]), done + k
+    done += len(r2)
+    w = -best_key[0] / len(src)
+    if w >= 1 or done >= np.log(1 - confidence) / np.log(max(1 - w * w, 1e-12)):
+      break
   t = Rigid2D.from_matrix(rot[best], off[best])
-  inl = r2[best] <= thr2
+  inl = residuals(t, src, dst) <= threshold
   for _ in range(refits):
     if inl.sum() < 2:
       break
@@ -294,57 +309,96 @@ def lmeds_rigid(src, dst, iterations: int = 500, seed: int = 0, reweights: int =
 
 
 # ------------------------------------------------------------------------------------ matching
-@partial(jax.jit, static_argnames=('exclude',))
-def _two_best(src, tgt, tgt_xy, radius, exclude: bool):
+def _parabola_np(sm, s0, sp):
+  """Vertex offset in [-0.5, 0.5] of the parabola through (-1, sm), (0, s0), (1, sp)."""
+  den = sm - 2 * s0 + sp
+  safe = np.where(den < 0, den, -1.0)
+  return np.clip(np.where(den < 0, 0.5 * (sm - sp) / safe, 0.0), -0.5, 0.5)
+
+
+@partial(jax.jit, static_argnames=('hw', 'exclude'))
+def _two_best(src, tgt, radius, hw, exclude: bool):
   """Best and second-best target per source vector by cosine similarity.
 
-  src: [N, C], tgt: [M, C], tgt_xy: [M, 2]. With `exclude`, the second best is sought only
-  among targets farther than `radius` from the best one (neighbouring cells of a smooth map
-  are near copies of the best and are not a competing match).
+  src: [N, C], tgt: [M, C] with M = H * W cells of an [H, W] grid (row-major).
+  -> best index [N], s1 [N], s2 [N], neighbour similarities [N, 4] (x-1, x+1, y-1, y+1; -inf
+  off the grid). With `exclude`, the second best is sought only among cells farther than
+  `radius` from the best one (neighbouring cells of a smooth map are near copies of the best,
+  not a rival match). Argmax is taken as the first index reaching the max (one fused pass).
   """
+  hh, ww = hw
   norm = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
   sim = norm(src) @ norm(tgt).T                                        # [N, M]
-  best = jnp.argmax(sim, axis=1)
-  s1 = jnp.take_along_axis(sim, best[:, None], 1)[:, 0]
+  m = sim.shape[1]
+  s1 = jnp.max(sim, axis=1)
+  best = jnp.min(jnp.where(sim >= s1[:, None], jnp.arange(m), m), axis=1)
+  ty = (jnp.arange(m) // ww).astype(jnp.float32)
+  tx = (jnp.arange(m) % ww).astype(jnp.float32)
+  by, bx = ty[best], tx[best]
   if exclude:
-    d2 = jnp.sum((tgt_xy[None, :, :] - tgt_xy[best][:, None, :]) ** 2, -1)
-    masked = jnp.where(d2 <= radius ** 2, -jnp.inf, sim)
+    d2 = (ty[None] - by[:, None]) ** 2 + (tx[None] - bx[:, None]) ** 2
+    s2 = jnp.max(jnp.where(d2 <= radius ** 2, -jnp.inf, sim), axis=1)
   else:
-    masked = sim.at[jnp.arange(sim.shape[0]), best].set(-jnp.inf)
-  s2 = jnp.max(masked, axis=1)
-  return best, s1, s2
+    s2 = jnp.max(jnp.where(jnp.arange(m)[None] == best[:, None], -jnp.inf, sim), axis=1)
+  rows = jnp.arange(sim.shape[0])
+  by, bx = best // ww, best % ww
+
+  def at(dy, dx):
+    y, x = by + dy, bx + dx
+    ok = (y >= 0) & (y < hh) & (x >= 0) & (x < ww)
+    return jnp.where(ok, sim[rows, jnp.clip(y, 0, hh - 1) * ww + jnp.clip(x, 0, ww - 1)],
+                     -jnp.inf)
+
+  nb = jnp.stack([at(0, -1), at(0, 1), at(-1, 0), at(1, 0)], -1)
+  return best, s1, s2, nb
 
 
-def ratio_test_matches(src_feats, tgt_feats, ratio: float = 0.8, tgt_xy=None,
-                       exclude_radius: float = 0.0):
-  """Lowe's ratio test: (src_index [K], tgt_index [K], similarity [K]) of the kept matches.
+@dataclasses.dataclass(frozen=True)
+class Matches:
+  src_index: np.ndarray       # [K] int: row-major index of the source vector
+  tgt_index: np.ndarray       # [K] int: its best target (row-major index in the [H, W] grid)
+  tgt_xy: np.ndarray          # [K, 2] float: the target cell's (x, y), sub-cell if asked
+  similarity: np.ndarray      # [K] cosine similarity of the pair
 
-  src_feats: [N, C], tgt_feats: [M, C] (normalised here; cosine similarity). For each source
+
+def ratio_test_matches(src_feats, tgt_feats, tgt_hw, ratio: float = 0.8,
+                       exclude_radius: float = 0.0, subcell: bool = False) -> Matches:
+  """Lowe's ratio test on feature vectors: the matches that pass it.
+
+  src_feats: [N, C]; tgt_feats: [H * W, C], the cells of an [H, W] target grid in row-major
+  order (tgt_hw = (H, W)); vectors are normalised here (cosine similarity). For each source
   vector take its two most similar targets t1, t2 and keep (s, t1) when the best is clearly
   better than the second: in Lowe's distance form d(s, t1) < ratio * d(s, t2), with
   d = sqrt(2 - 2 cos) the distance of unit vectors. (The paper's appendix prints the test as
   "keep if tau * sim(s, t1) < sim(s, t2)", which keeps the *ambiguous* matches, the opposite of
   Lowe's test that its text cites; we implement Lowe's test.)
-  exclude_radius > 0 (needs tgt_xy [M, 2]) seeks the second best only beyond that distance
-  from the best (0: the plain top two, as the paper).
+  exclude_radius > 0 (cells) seeks the second best only beyond that distance from the best
+  (0: the plain top two, as the paper). subcell: the kept target position is moved by a
+  parabola fit of the similarity through the best cell and its neighbours, in x and in y.
   """
   src = jnp.asarray(src_feats, jnp.float32)
   tgt = jnp.asarray(tgt_feats, jnp.float32)
+  hw = tuple(int(v) for v in tgt_hw)
   if src.ndim != 2 or tgt.ndim != 2 or src.shape[1] != tgt.shape[1]:
     raise ValueError(f'features must be [N, C] and [M, C] with one C, got {src.shape}, '
                      f'{tgt.shape}')
+  if len(hw) != 2 or hw[0] * hw[1] != tgt.shape[0]:
+    raise ValueError(f'target grid {tgt_hw} does not hold {tgt.shape[0]} vectors')
   if tgt.shape[0] < 2:
     raise ValueError('the ratio test needs at least two target vectors')
   if not 0 < ratio <= 1:
     raise ValueError(f'ratio must be in (0, 1], got {ratio}')
-  exclude = exclude_radius > 0
-  if exclude and tgt_xy is None:
-    raise ValueError('exclude_radius needs the target positions tgt_xy')
-  xy = jnp.zeros((tgt.shape[0], 2), jnp.float32) if tgt_xy is None else jnp.asarray(tgt_xy,
-                                                                                    jnp.float32)
-  best, s1, s2 = jax.device_get(_two_best(src, tgt, xy, jnp.float32(exclude_radius), exclude))
+  best, s1, s2, nb = jax.device_get(
+      _two_best(src, tgt, jnp.float32(exclude_radius), hw, exclude_radius > 0))
   d1 = np.sqrt(np.maximum(2 - 2 * s1, 0))
   d2 = np.sqrt(np.maximum(2 - 2 * s2, 0))
   keep = np.isfinite(s2) & (d1 < ratio * d2)
   idx = np.nonzero(keep)[0]
-  return idx, np.asarray(best)[idx], np.asarray(s1)[idx]
+  b = np.asarray(best)[idx]
+  xy = np.stack([b % hw[1], b // hw[1]], -1).astype(np.float64)
+  if subcell and len(idx):
+    n, s0 = nb[idx].astype(np.float64), s1[idx].astype(np.float64)
+    fill = lambda v: np.where(np.isfinite(v), v, s0)
+    xy[:, 0] += _parabola_np(fill(n[:, 0]), s0, fill(n[:, 1]))
+    xy[:, 1] += _parabola_np(fill(n[:, 2]), s0, fill(n[:, 3]))
+  return Matches(idx, b, xy, np.asarray(s1)[idx])
