@@ -12,6 +12,7 @@ TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
     'tp_swav': 'osteojax.pretrain',      # TP-SwAV pre-training (views from the texture pool)
     'swav': 'osteojax.pretrain',         # SwAV baseline (views from random crops)
+    'unet': 'osteojax.segment',          # 2-D U-Net segmenter (annotation transfer), Dice
 }
 
 
