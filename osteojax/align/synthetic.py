@@ -11,6 +11,7 @@ for an encoder's output; they say nothing about how well trained encoders will d
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 from osteojax.align.rigid import Rigid2D
 
@@ -68,3 +69,37 @@ def random_transform(rng, src_hw, tgt_hw, max_angle: float, margin: float = 0.0)
     raise ValueError(f'a {src_hw} source does not fit in a {tgt_hw} target with margin {margin}')
   dest = np.array([(ww - 1) / 2, (hh - 1) / 2]) + rng.uniform(-1, 1, 2) * room
   return Rigid2D(rng.uniform(-max_angle, max_angle), tuple(dest - c), tuple(c))
+
+
+# ------------------------------------------------------------------------------ image pairs
+def blobs(shape, n: int, seed: int, sigma=(3.0, 10.0)) -> np.ndarray:
+  """A smooth image: a sum of n random Gaussian blobs (sizes in pixels). [H, W] float32."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:shape[0], 0:shape[1]]
+  img = np.zeros(shape)
+  for _ in range(n):
+    cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+    s = rng.uniform(*sigma)
+    img += rng.uniform(0.5, 1.0) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
+  return img.astype(np.float32)
+
+
+def make_image_pair(src_hw, tgt_hw, transform_px: Rigid2D, spacing: float, blobs_n: int = 60,
+                    noise: float = 0.02, seed: int = 0, sigma=(3.0, 10.0)):
+  """(source [h, w], target [H, W]) float32 images of two 'modalities' with a known transform.
+
+  target: blobs; source(p) = g(target(T(p))) + noise with g(v) = 1 - (2 v / max - 0.6)^2, a
+  non-monotonic intensity map (no intensity-based similarity but MI applies), T the source ->
+  target pixel transform; zero outside the target before g.
+  """
+  tgt = blobs(tgt_hw, blobs_n, seed, sigma)
+  t_img = sitk.GetImageFromArray(tgt)
+  t_img.SetSpacing((spacing, spacing))
+  ref = sitk.Image(int(src_hw[1]), int(src_hw[0]), sitk.sitkFloat32)
+  ref.SetSpacing((spacing, spacing))
+  src = sitk.GetArrayFromImage(sitk.Resample(t_img, ref, transform_px.to_mm(spacing).to_sitk(),
+                                             sitk.sitkLinear, 0.0))
+  v = src / tgt.max()
+  src = 1.0 - (2 * v - 0.6) ** 2
+  src = src + np.random.default_rng([seed, 1]).normal(0, noise, src.shape)
+  return src.astype(np.float32), tgt
