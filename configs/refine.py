@@ -1,6 +1,6 @@
 """Refinement regressor: a small CNN + MLP that corrects an almost-aligned registration.
 
-  python -m osteojax.main --config configs/refine.py --workdir runs/refine
+  python tools/train_refiner.py --config configs/refine.py --workdir runs/refine
 
 Trained on self-made perturbations of aligned pairs (the paper: 50 pairs aligned by salient
 point matching, several perturbed copies each). Data source 'synthetic': generated feature-map
