@@ -1,5 +1,7 @@
 """Registration of generated feature-map pairs whose transform is known exactly."""
+import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -145,3 +147,23 @@ def test_parameter_algebra_matches_rigid2d():
   assert ab.close_to(want, pts, 1e-5)
   inv = refine.from_params(jax.device_get(refine.inverse(jnp.asarray(a))), c)
   assert inv.close_to(refine.from_params(a, c).inverse(), pts, 1e-5)
+
+
+def _refine_losses(devices):
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_refine.py')],
+                       capture_output=True, encoding='utf-8', errors='replace', env=env,
+                       timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow      # two subprocesses that each compile the pmapped step
+def test_refiner_one_and_four_devices_agree():
+  # perturbations are keyed by the global example index, BatchNorm is synchronised
+  one, four = _refine_losses(1), _refine_losses(4)
+  assert one['devices'] == 1 and four['devices'] == 4
+  np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['param_sum'], four['param_sum'], rtol=1e-5)
+  assert len(set(np.round(one['losses'], 4))) > 1
