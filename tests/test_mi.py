@@ -30,4 +30,5 @@ def test_mi_bad_input():
   with pytest.raises(ValueError, match='one channel'):
     mi.register_mi(np.zeros((40, 40, 2)), synthetic.blobs((40, 40), 5, 0), 2.2)
   with pytest.raises(ValueError, match='init'):
-    mi.register_mi(synthetic.blobs((40, 40), 5, 1), synthetic.blobs((40, 40), 5, 0), 2.2, init='bogus')
+    mi.register_mi(synthetic.blobs((40, 40), 5, 1), synthetic.blobs((40, 40), 5, 0), 2.2,
+                   init='bogus')

@@ -1,7 +1,6 @@
 """2-D rigid transforms and fits against hand-made transforms with known truth."""
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from osteojax.align import rigid
 from osteojax.align.rigid import Rigid2D

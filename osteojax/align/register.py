@@ -138,11 +138,12 @@ def _correlate(tgt, srcs, margin):
   """Correlation of each source map over the target at integer shifts, by FFT.
 
   tgt: [H, W, C], srcs: [K, h, w, C]; margin (my, mx): how far (cells) the source may stick
-  out of the target on each side. -> [K, P, Q], entry (k, i, j) = sum_u <srcs[k](u),
-  tgt(u + t)> for the shift t = (j - mx, i - my) (x, y), zero outside the target; shifts
-  0 .. P - 1 - ... are exact (no wrap-around): the target sits at offset (my, mx) in an FFT
-  grid of at least (H + 2 my, W + 2 mx) and rows i > P - h (columns j > Q - w) are invalid.
-  (A single-pair stand-in for the batched correlation of the aligner, same contract.)
+  out of the target on each side. -> [K, P - h + 1, Q - w + 1], entry (k, i, j) =
+  sum_u <srcs[k](u), tgt(u + t)> for the shift t = (j - mx, i - my) in (x, y), the target
+  being zero outside itself. The target sits at offset (my, mx) in an FFT grid (P, Q) of at
+  least (H + 2 my, W + 2 mx), so every returned shift is exact (no wrap-around).
+  This is a local single-pair FFT correlation; the aligner's batched FFT correlation
+  (osteojax/align/correlation.py) can take its place.
   """
   hh, ww = tgt.shape[:2]
   h, w = srcs.shape[1:3]
@@ -249,7 +250,8 @@ def dense(src, tgt, angles=DEFAULT_ANGLES, margin=4, min_overlap: float = 0.5,
       raise RegistrationError(f'margin must be >= 0, got {margin}')
     m = (min(m[0], h - 1), min(m[1], w - 1))
   ka, da, shift, score, per_angle = jax.device_get(
-      _dense(jnp.asarray(src), jnp.asarray(tgt), jnp.asarray(angles), m, float(min_overlap), bool(presmooth)))
+      _dense(jnp.asarray(src), jnp.asarray(tgt), jnp.asarray(angles), m, float(min_overlap),
+             bool(presmooth)))
   if not np.isfinite(score):
     raise RegistrationError(f'no translation within the margin puts {min_overlap:.0%} of the '
                             f'source on the target')
