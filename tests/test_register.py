@@ -167,3 +167,18 @@ def test_refiner_one_and_four_devices_agree():
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['param_sum'], four['param_sum'], rtol=1e-5)
   assert len(set(np.round(one['losses'], 4))) > 1
+
+
+def test_dense_with_caller_rotated_maps():
+  # exact rotated sources, as if each rotated image were encoded again: S_a = S o Rot_a^-1
+  rng = np.random.default_rng(3)
+  truth = synthetic.random_transform(rng, SRC, TGT, np.deg2rad(6.0), margin=1.0)
+  angles = np.deg2rad(np.arange(-10, 10.1, 2))
+  c = register.map_center(SRC + (1,))
+  src, tgt = synthetic.make_pair(SRC, TGT, truth, 32, 2.0, 0.5, seed=3)
+  rotated = np.stack([synthetic.make_pair(SRC, TGT, truth @ Rigid2D(-a, center=c), 32, 2.0,
+                                          0.5, seed=3)[0] for a in angles])
+  res = register.dense(src, tgt, angles=angles, rotated=rotated)
+  assert register.mean_grid_error(res.transform, truth, SRC) < 0.25
+  with pytest.raises(register.RegistrationError, match='one per angle'):
+    register.dense(src, tgt, angles=angles, rotated=rotated[:3])

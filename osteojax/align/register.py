@@ -184,13 +184,20 @@ def _edge(v, axis, shift):
   return ok.reshape(shape).astype(v.dtype)
 
 
-@partial(jax.jit, static_argnames=('margin', 'min_overlap', 'presmooth'))
-def _dense(src, tgt, angles, margin, min_overlap: float, presmooth: bool):
-  """All-angle correlation -> (angle index, angle offset, shift (x, y), peak, best per angle)."""
-  c = jnp.array(map_center(src.shape), jnp.float32)
+@partial(jax.jit, static_argnames=('margin', 'min_overlap', 'presmooth', 'rotate'))
+def _dense(src, tgt, angles, margin, min_overlap: float, presmooth: bool, rotate: bool):
+  """All-angle correlation -> (angle index, angle offset, integer shift (x, y), sub-grid
+  offset (x, y), peak, best per angle). src: [h, w, C], or [K, h, w, C] maps already rotated
+  by each angle when not `rotate`."""
   if presmooth:
-    src, tgt = smooth_map(src), smooth_map(tgt)
-  rot, valid = jax.vmap(lambda a: rotate_map(src, a, c))(angles)      # [K, h, w, C], [K, h, w]
+    tgt = smooth_map(tgt)
+  if rotate:
+    c = jnp.array(map_center(src.shape), jnp.float32)
+    src = smooth_map(src) if presmooth else src
+    rot, valid = jax.vmap(lambda a: rotate_map(src, a, c))(angles)    # [K, h, w, C], [K, h, w]
+  else:
+    rot = jax.vmap(smooth_map)(src) if presmooth else src
+    valid = jnp.ones(src.shape[:3], jnp.float32)
   corr = _correlate(tgt, rot, margin)                                  # [K, P, Q]
   ones = jnp.ones(tgt.shape[:2] + (1,), jnp.float32)
   overlap = _correlate(ones, valid[..., None], margin)                 # valid cells on target
@@ -209,8 +216,8 @@ def _dense(src, tgt, angles, margin, min_overlap: float, presmooth: bool):
   per_angle = jnp.max(corr, axis=(1, 2))
   da = _parabola(fin(per_angle[jnp.maximum(ka - 1, 0)], ka > 0), peak,
                  fin(per_angle[jnp.minimum(ka + 1, k - 1)], ka < k - 1))
-  shift = jnp.stack([j - margin[1] + dx, i - margin[0] + dy])
-  return ka, da, shift, peak, per_angle
+  shift = jnp.stack([j - margin[1], i - margin[0]])
+  return ka, da, shift, jnp.stack([dx, dy]), peak, per_angle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,14 +231,16 @@ DEFAULT_ANGLES = tuple(np.deg2rad(np.arange(-10, 10.1, 2)))
 
 
 def dense(src, tgt, angles=DEFAULT_ANGLES, margin=4, min_overlap: float = 0.5,
-          subgrid: bool = True, presmooth: bool = True) -> DenseResult:
+          subgrid: bool = True, presmooth: bool = True, rotated=None) -> DenseResult:
   """Dense registration: correlation over `angles` (radians, evenly spaced, ascending).
 
   The source is rotated about its centre and correlated with the target at every translation
   that leaves it at most `margin` cells (int, or (y, x)) outside the target on any side
   (None: every translation with any overlap) and puts at least `min_overlap` of its valid
   cells on the target. With `subgrid`, the peak is refined by parabola fits in x, y (cells)
-  and angle (fraction of the angle step).
+  and angle (fraction of the angle step). rotated: optional [K, h, w, C] source maps, one per
+  angle, made by the caller (e.g. encoding the image rotated about the point that is the
+  map's centre, as the paper did); they replace the bilinear rotation of `src`.
   """
   src, tgt = check_maps(src, tgt)
   angles = np.asarray(angles, np.float32).ravel()
@@ -241,6 +250,14 @@ def dense(src, tgt, angles=DEFAULT_ANGLES, margin=4, min_overlap: float = 0.5,
     raise RegistrationError('dense registration needs evenly spaced angles')
   if len(angles) > 1 and not angles[1] > angles[0]:
     raise RegistrationError('angles must be ascending')
+  if rotated is not None:
+    rotated = np.asarray(rotated, np.float32)
+    if rotated.shape != (len(angles),) + src.shape:
+      want = (len(angles),) + src.shape
+      raise RegistrationError(f'rotated maps must be {list(want)} (one per angle), got '
+                              f'{list(rotated.shape)}')
+    if not np.isfinite(rotated).all():
+      raise RegistrationError('rotated maps contain NaN or inf')
   h, w = src.shape[:2]
   if margin is None:
     m = (h - 1, w - 1)
@@ -249,19 +266,15 @@ def dense(src, tgt, angles=DEFAULT_ANGLES, margin=4, min_overlap: float = 0.5,
     if min(m) < 0:
       raise RegistrationError(f'margin must be >= 0, got {margin}')
     m = (min(m[0], h - 1), min(m[1], w - 1))
-  ka, da, shift, score, per_angle = jax.device_get(
-      _dense(jnp.asarray(src), jnp.asarray(tgt), jnp.asarray(angles), m, float(min_overlap),
-             bool(presmooth)))
+  ka, da, shift, frac, score, per_angle = jax.device_get(_dense(
+      jnp.asarray(src if rotated is None else rotated), jnp.asarray(tgt), jnp.asarray(angles),
+      m, float(min_overlap), bool(presmooth), rotated is None))
   if not np.isfinite(score):
     raise RegistrationError(f'no translation within the margin puts {min_overlap:.0%} of the '
                             f'source on the target')
   step = float(angles[1] - angles[0]) if len(angles) > 1 else 0.0
-  if subgrid:
-    angle = float(angles[ka]) + float(da) * step
-    t = np.asarray(shift, np.float64)
-  else:
-    angle = float(angles[ka])
-    t = np.round(np.asarray(shift, np.float64))
+  angle = float(angles[ka]) + (float(da) * step if subgrid else 0.0)
+  t = np.asarray(shift, np.float64) + (np.asarray(frac, np.float64) if subgrid else 0.0)
   return DenseResult(Rigid2D(angle, tuple(t), map_center(src.shape)), float(score),
                      np.asarray(per_angle))
 
