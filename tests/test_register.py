@@ -182,3 +182,15 @@ def test_dense_with_caller_rotated_maps():
   assert register.mean_grid_error(res.transform, truth, SRC) < 0.25
   with pytest.raises(register.RegistrationError, match='one per angle'):
     register.dense(src, tgt, angles=angles, rotated=rotated[:3])
+
+
+def test_salient_aligned_training_transforms():
+  pairs = [_pair(s) for s in range(3)]
+  src = np.stack([p[0] for p in pairs])
+  tgt = np.stack([p[1] for p in pairs])
+  src[1] = 1 / np.sqrt(src.shape[-1])                  # a pair with nothing to match: left out
+  params, kept = refine.salient_aligned(src, tgt)
+  assert kept.tolist() == [0, 2]
+  for p, i in zip(params, kept):
+    est = refine.from_params(p, register.map_center(SRC))
+    assert register.mean_grid_error(est, pairs[i][2], SRC) < 0.1

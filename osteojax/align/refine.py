@@ -150,6 +150,25 @@ def _check_training_data(src, tgt, params):
   return src, tgt, params
 
 
+def salient_aligned(src_maps, tgt_maps, min_inliers: int = 10, **salient_kw):
+  """Training transforms from the salient method: (params [M, 3], kept indices [M]).
+
+  Runs register.salient on every pair; pairs where it fails or keeps fewer than min_inliers
+  LMedS inliers are left out (the paper checked its 50 aligned pairs by eye).
+  """
+  params, kept = [], []
+  for i, (s, g) in enumerate(zip(src_maps, tgt_maps)):
+    try:
+      res = register.salient(s, g, **salient_kw)
+    except register.RegistrationError:
+      continue
+    if res.lmeds_inliers.sum() < min_inliers:
+      continue
+    params.append(to_params(res.transform, register.map_center(np.shape(s))))
+    kept.append(i)
+  return np.array(params, np.float32).reshape(-1, 3), np.array(kept, np.int64)
+
+
 def train(config, workdir: str, src, tgt, params):
   """Train the regressor on aligned pairs through lib.fit. -> (model, variables).
 
