@@ -14,6 +14,7 @@ TASKS = {
     'swav': 'osteojax.pretrain',         # SwAV baseline (views from random crops)
     'finetune': 'osteojax.finetune',     # MoE multi-task fine-tuning + valid/test predictions
     'pipeline': 'osteojax.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
+    'unet': 'osteojax.segment',          # 2-D U-Net segmenter (annotation transfer), Dice
 }
 
 

@@ -56,3 +56,26 @@ def test_regression_metrics_by_hand():
   assert np.isclose(m['r'], r)
   assert np.isnan(metrics.regression_metrics([1.0], [2.0])['r'])
   assert metrics.regression_metrics([np.nan], [1.0])['n'] == 0
+def test_keypoint_errors_cm_by_hand():
+  pred = np.array([[0.0, 0.0], [3.0, 4.0]])
+  truth = np.array([[0.0, 0.0], [0.0, 0.0]])
+  # (3, 4) px at 2 mm = (6, 8) mm -> 10 mm = 1 cm
+  np.testing.assert_allclose(metrics.keypoint_errors_cm(pred, truth, 2.0), [0.0, 1.0])
+  # anisotropic: (3 px * 1 mm, 4 px * 2 mm) = (3, 8) mm
+  np.testing.assert_allclose(metrics.keypoint_errors_cm(pred, truth, (1.0, 2.0)),
+                             [0.0, np.sqrt(73) / 10])
+  s = metrics.error_summary([1.0, 2.0, 6.0, np.nan])
+  assert s == dict(median=2.0, mean=3.0, sd=float(np.std([1.0, 2.0, 6.0])), n=3)
+
+
+def test_dice_by_hand():
+  truth = np.array([[0, 1, 1],
+                    [0, 2, 2],
+                    [3, 3, 0]])
+  pred = np.array([[1, 1, 0],
+                   [0, 2, 0],
+                   [0, 0, 0]])
+  d = metrics.dice(pred, truth, [1, 2, 3, 4])
+  # label 1: |P|=2 |T|=2 overlap 1 -> 0.5; label 2: |P|=1 |T|=2 overlap 1 -> 2/3;
+  # label 3: |P|=0 |T|=2 -> 0; label 4 in neither -> NaN
+  assert d[1] == 0.5 and d[2] == 2 / 3 and d[3] == 0.0 and np.isnan(d[4])

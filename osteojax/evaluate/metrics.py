@@ -95,3 +95,47 @@ def regression_metrics(y, yhat) -> dict:
   r = nan if np.ptp(yhat) == 0 else float(stats.pearsonr(y, yhat).statistic)
   r2 = float(1 - np.sum((y - yhat) ** 2) / np.sum((y - y.mean()) ** 2))
   return dict(mae=mae, r=r, r2=r2, n=int(len(y)))
+
+
+# ------------------------------------------------------------------ registration and segmentation
+def keypoint_errors_cm(pred, truth, spacing_mm) -> np.ndarray:
+  """Keypoint transfer error in cm: |pred - truth| per keypoint.
+
+  pred, truth: [..., K, 2] positions in pixels of one grid (x, y); spacing_mm: its pixel size,
+  a scalar or (x, y). Returns [..., K] distances in cm.
+  """
+  pred = np.asarray(pred, np.float64)
+  truth = np.asarray(truth, np.float64)
+  if pred.shape != truth.shape or pred.shape[-1] != 2:
+    raise ValueError(f'keypoints must be matching [..., K, 2] arrays, got {pred.shape} and '
+                     f'{truth.shape}')
+  s = np.broadcast_to(np.asarray(spacing_mm, np.float64), (2,))
+  if not (s > 0).all():
+    raise ValueError(f'spacing must be positive, got {spacing_mm}')
+  return np.linalg.norm((pred - truth) * s, axis=-1) / 10.0
+
+
+def error_summary(errors) -> dict:
+  """median, mean, sd (population) and n of an array of errors (NaNs dropped)."""
+  e = np.asarray(errors, np.float64).ravel()
+  e = e[np.isfinite(e)]
+  if not len(e):
+    return dict(median=float('nan'), mean=float('nan'), sd=float('nan'), n=0)
+  return dict(median=float(np.median(e)), mean=float(e.mean()), sd=float(e.std()), n=int(len(e)))
+
+
+def dice(pred, truth, labels) -> dict:
+  """Dice 2|P & T| / (|P| + |T|) per label of integer masks pred, truth (same shape).
+
+  A label absent from both masks gets NaN (undefined), not 1.
+  """
+  pred = np.asarray(pred)
+  truth = np.asarray(truth)
+  if pred.shape != truth.shape:
+    raise ValueError(f'masks differ in shape: {pred.shape} and {truth.shape}')
+  out = {}
+  for lab in labels:
+    p, t = pred == lab, truth == lab
+    den = int(p.sum()) + int(t.sum())
+    out[lab] = 2.0 * float(np.sum(p & t)) / den if den else float('nan')
+  return out
