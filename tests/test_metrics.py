@@ -56,6 +56,8 @@ def test_regression_metrics_by_hand():
   assert np.isclose(m['r'], r)
   assert np.isnan(metrics.regression_metrics([1.0], [2.0])['r'])
   assert metrics.regression_metrics([np.nan], [1.0])['n'] == 0
+
+
 def test_keypoint_errors_cm_by_hand():
   pred = np.array([[0.0, 0.0], [3.0, 4.0]])
   truth = np.array([[0.0, 0.0], [0.0, 0.0]])
