@@ -1,6 +1,7 @@
 """Pre-train TP-SwAV and SwAV with several seeds and probe the frozen encoders (and random init).
 
   python tools/probe_grid.py --seeds 0 1 2 --out results/probe [--arg ''] [--epochs 2]
+      [--labeled-scale 0.05]
 
 Each run is `python -m osteojax.main --config configs/<method>.py --workdir <out>/<method>_s<seed>`
 (resumed / skipped when already complete). Writes <out>/probe.json and <out>/probe.md: linear-probe
@@ -28,12 +29,16 @@ def main():
   ap.add_argument('--out', default='results/probe')
   ap.add_argument('--arg', default='', help="config argument ('' = CPU default, tiny, paper)")
   ap.add_argument('--epochs', type=int, default=None, help='override config.epochs')
+  ap.add_argument('--labeled-scale', type=float, default=None,
+                  help='override config.data.labeled_scale (0.05: the data set of the README table)')
   a = ap.parse_args()
   results = {}
   for method in ('tp_swav', 'swav', 'random'):
     for seed in a.seeds:
       config = tp_swav.get_config(a.arg or None)
       config.seed = seed
+      if a.labeled_scale is not None:
+        config.data.labeled_scale = a.labeled_scale
       workdir = None
       if method != 'random':
         workdir = os.path.join(a.out, f'{method}_s{seed}')
@@ -42,6 +47,8 @@ def main():
                '--workdir', workdir, f'--config.seed={seed}']
         if a.epochs:
           cmd.append(f'--config.epochs={a.epochs}')
+        if a.labeled_scale is not None:
+          cmd.append(f'--config.data.labeled_scale={a.labeled_scale}')
         print('+', ' '.join(cmd), flush=True)
         subprocess.run(cmd, check=True)
       r = probe.run_probe(config, workdir)
