@@ -7,7 +7,7 @@
 Ablations are config values: --config.head.moe=False (no MoE), --config.loss.bmd=0
 --config.loss.level=0 (class loss only), --config.init.checkpoint='' (from scratch).
 The default is sized for a 2-core CPU and the default OsteoSim data (slim encoder, 32^3,
-1,000 labeled training vertebrae, a few epochs); `:paper` gives the paper's values (ResNet34-3D,
+1,000 labeled training vertebrae, 2 epochs); `:paper` gives the paper's values (ResNet34-3D,
 batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of 400 epochs) on the full-size data.
 The CPU default uses lr 1e-4 (the pre-training rate): at a few epochs 1e-5 barely moves.
 `:tiny` is for tests.
@@ -20,7 +20,7 @@ def get_config(arg=None):
   c.task = 'finetune'
   c.seed = 0                  # head init, batch order, augmentation (not the data)
   c.batch_size = 32           # global batch, split over devices
-  c.epochs = 4
+  c.epochs = 2
   c.log_every = 10
   c.ckpt_every = 50
   c.data = ml_collections.ConfigDict(dict(
