@@ -60,6 +60,16 @@ def test_deterministic_and_seeded():
   assert not np.allclose(a.vbmd.to_numpy()[:50], c.vbmd.to_numpy()[:50])
 
 
+def test_labeled_scale_sizes_the_labeled_splits_only():
+  a = cohort.sample_cohort(0.01, seed=3)
+  pd.testing.assert_frame_equal(a, cohort.sample_cohort(0.01, seed=3, labeled_scale=0.01))
+  b = cohort.sample_cohort(0.01, seed=3, labeled_scale=0.04)
+  assert (b.split == 'pretrain').sum() == (a.split == 'pretrain').sum()
+  for split in ('train', 'valid', 'test'):
+    na, nb = (a.split == split).sum(), (b.split == split).sum()
+    assert 3 * na <= nb <= 5 * na, (split, na, nb)     # about 4x, rounding per site
+
+
 def test_counts_follow_table1(table):
   for site, (pats, verts, unl) in TABLE1.items():
     d = table[table.site == site]
