@@ -83,11 +83,10 @@ def main():
       _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
       open(os.path.join(wd, 'PRETRAIN_DONE'), 'w').close()
       pre_dirs[method, seed] = wd
-  models = {}
-  for row in a.rows:
-    method, (w_cls, w_bmd, w_level), use_moe = ROWS[row]
-    models[row] = []
-    for seed in a.seeds:
+  models = {row: [] for row in a.rows}
+  for seed in a.seeds:            # seed-major: an interrupted grid covers every row
+    for row in a.rows:
+      method, (w_cls, w_bmd, w_level), use_moe = ROWS[row]
       wd = os.path.join(runs, f'{row}_s{seed}')
       pre_seed = seed if a.pretrain_seeds == 'each' else 0
       over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
