@@ -101,6 +101,17 @@ def test_aggregate_mean_and_sd_over_seeds():
   assert np.isnan(one.acc_sd).all()
 
 
+def test_compact_table_one_metric_per_site():
+  a, b = _table(), _table()
+  b.loc[b.roi_id == 't5', 'prob'] = 0.6      # as above: site A vertebra ACC 60 % and 80 %
+  summary = diagnosis.summarize({'m': [a, b], 'one': a})
+  lines = diagnosis.compact_table(summary, 'acc', 'vertebra', ('A', 'D')).splitlines()
+  assert lines[0] == '| model | seeds | A | D |'
+  m = lines[2].split(' | ')
+  assert m[0] == '| m' and m[1] == '2' and m[2].startswith('70.0 ± 14.1')
+  assert lines[3].split(' | ')[2].startswith('60.0')
+
+
 @pytest.mark.parametrize('edit, message', [
     (lambda d: d.drop(columns='bmd_pred'), 'missing columns'),
     (lambda d: pd.concat([d, d.iloc[:1]]), 'duplicated roi_id'),

@@ -69,6 +69,8 @@ def main():
   ap.add_argument('--pretrain-epochs', type=int, default=None)
   ap.add_argument('--pretrain-seeds', choices=('shared', 'each'), default='shared')
   ap.add_argument('--no-baselines', action='store_true')
+  ap.add_argument('--report-only', action='store_true',
+                  help='tables from the finished runs only; start nothing')
   a = ap.parse_args()
   runs = os.path.join(os.path.abspath(a.out), 'runs')
   t0 = time.time()
@@ -79,9 +81,9 @@ def main():
       over = {'seed': seed}
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
-      # a finished pre-training run has its final checkpoint; fit() then returns at once
-      _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
-      open(os.path.join(wd, 'PRETRAIN_DONE'), 'w').close()
+      if not a.report_only:
+        _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
+        open(os.path.join(wd, 'PRETRAIN_DONE'), 'w').close()
       pre_dirs[method, seed] = wd
   models = {row: [] for row in a.rows}
   for seed in a.seeds:            # seed-major: an interrupted grid covers every row
@@ -96,8 +98,14 @@ def main():
       if a.finetune_epochs:
         over['epochs'] = a.finetune_epochs
       pred_path = os.path.join(wd, finetune.PREDICTIONS)
-      _run(_main_cmd('finetune.py', a.arg, wd, over), pred_path)
-      models[row].append(diagnosis.read_predictions(pred_path))
+      if not a.report_only:
+        _run(_main_cmd('finetune.py', a.arg, wd, over), pred_path)
+      if os.path.exists(pred_path):
+        models[row].append(diagnosis.read_predictions(pred_path))
+  models = {k: v for k, v in models.items() if v}
+  n_runs = sum(len(v) for v in models.values())
+  print(f'[grid] {n_runs} finished fine-tuning runs: '
+        f'{ {k: len(v) for k, v in models.items()} }', flush=True)
   if not a.no_baselines:
     config = finetune_config.get_config(a.arg or None)
     base_preds = baselines.run_baselines(data_task.data_dir(config),
@@ -105,8 +113,15 @@ def main():
     models.update(base_preds)
   summary = diagnosis.write_report(models, a.out, base=BASE if BASE in models else None)
   print(diagnosis.markdown_report(summary), flush=True)
-  print(f'[grid] {len(a.rows)} rows x {len(a.seeds)} seeds in {(time.time() - t0) / 60:.1f} min;'
-        f' tables and ROC curves in {a.out}/', flush=True)
+  compact = '\n\n'.join(
+      f'{level} {metric.upper()} (test split, mean ± SD over seeds):\n\n'
+      + diagnosis.compact_table(summary, metric, level)
+      for level in diagnosis.LEVELS for metric in ('f1', 'auc'))
+  with open(os.path.join(a.out, 'results_compact.md'), 'w') as f:
+    f.write(compact + '\n')
+  print(compact, flush=True)
+  print(f'[grid] {n_runs} runs reported in {(time.time() - t0) / 60:.1f} min; tables and ROC '
+        f'curves in {a.out}/', flush=True)
 
 
 if __name__ == '__main__':

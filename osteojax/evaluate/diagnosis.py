@@ -350,6 +350,22 @@ def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] 
   return '\n'.join(lines)
 
 
+def compact_table(summary: dict, metric: str = 'f1', level: str = 'vertebra',
+                  sites: Sequence[str] = SITES + ('internal',)) -> str:
+  """The paper's Table 4 layout: a row per model, a column per site, one metric (mean ± SD)."""
+  head = ['model', 'seeds'] + list(sites)
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  pct = metric in ('acc', 'sen', 'spe', 'f1')
+  for name, res in summary['models'].items():
+    rows = {(r['level'], r['site']): r for r in res['mean_sd']}
+    cells = [name, str(res['n_seeds'])]
+    for s in sites:
+      r = rows.get((level, s), {})
+      cells.append(_fmt(r.get(metric), r.get(metric + '_sd'), pct))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def markdown_report(summary: dict, sites: Sequence[str] = SITES + ('internal',)) -> str:
   """Vertebra, patient and (where any model predicts BMD) BMD tables, with their rules."""
   parts = [f'Split: {summary["split"]}. Threshold: {summary["threshold_rule"]}, unless said '
