@@ -1,0 +1,1 @@
+"""DXA-MRI alignment: FFT correlation, aligner training, registration."""
