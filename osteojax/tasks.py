@@ -12,6 +12,7 @@ TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
     'tp_swav': 'osteojax.pretrain',      # TP-SwAV pre-training (views from the texture pool)
     'swav': 'osteojax.pretrain',         # SwAV baseline (views from random crops)
+    'align': 'osteojax.align.train',     # DXA-MRI aligner: contrastive spatial encoders, BodySim
 }
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from osteojax.data.io import OsteoDataError, staged_dir
+from osteojax.data.io import _check_nifti_data as io_check_nifti_data
+from osteojax.data.io import _itk_message as io_itk_message
 
 MARKER = 'bodysim.json'
 VERSION = 1
@@ -521,10 +523,17 @@ def read_scan(path, channels: int | None = None) -> tuple[np.ndarray, tuple]:
   """A 2-D scan as [H, W, C] float32 and its spacing (mm); OsteoDataError on bad content."""
   if not os.path.exists(path):
     raise OsteoDataError(path, 'no such file')
+  if os.path.getsize(path) == 0:
+    raise OsteoDataError(path, 'empty file (0 bytes)')
+  reader = sitk.ImageFileReader()
+  reader.SetFileName(path)
   try:
-    img = sitk.ReadImage(path)
+    reader.ReadImageInformation()
+    if 'vox_offset' in reader.GetMetaDataKeys():   # NIfTI: ITK would zero NaNs / truncation
+      io_check_nifti_data(path, reader)
+    img = reader.Execute()
   except RuntimeError as e:
-    raise OsteoDataError(path, f'cannot read image ({str(e).strip().splitlines()[-1][:200]})')
+    raise OsteoDataError(path, f'cannot read image: {io_itk_message(e)}') from None
   if img.GetDimension() != 2:
     raise OsteoDataError(path, f'expected a 2-D image, got {img.GetDimension()}-D')
   arr = sitk.GetArrayFromImage(img).astype(np.float32)
