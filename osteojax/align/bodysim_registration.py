@@ -145,3 +145,33 @@ def transfer_masks(dxa_masks, transforms, mri_hw) -> np.ndarray:
   """DXA label masks [N, H, W] onto the MRI grids through MRI -> DXA transforms (pixels)."""
   return np.stack([transfer.mask_to_source(m, t, mri_hw)
                    for m, t in zip(dxa_masks, transforms)]).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------ diagnosis
+def placement_check(dxa_maps, mri_maps, truths) -> dict:
+  """Where the aligner's own similarity puts each MRI map on its DXA map, against the truth.
+
+  For every pair: the valid placement (MRI map wholly inside the DXA map, as in training) of
+  the strongest correlation (osteojax.align.correlation), and the true placement of the MRI
+  map's cell (0, 0) (truth in cells, rotation ignored: |theta| <= 5 degrees). -> fractions of
+  pairs within 0.5 / 1 cell, mean distance (cells), the fraction peaking in the top row, and
+  the mean spread (max - min) of the correlation over placements.
+  """
+  import jax.numpy as jnp
+
+  from osteojax.align import correlation
+
+  dist, top, spread = [], [], []
+  for d, m, t in zip(dxa_maps, mri_maps, truths):
+    c = np.asarray(correlation.correlation_maps_fft(jnp.asarray(d[None]),
+                                                    jnp.asarray(m[None])))[0, 0]
+    iy, ix = np.unravel_index(np.argmax(c), c.shape)
+    cells = t.change_units(1.0 / STRIDE, (-(STRIDE - 1) / 2 / STRIDE,) * 2)
+    tx, ty = cells.apply([[0.0, 0.0]])[0]
+    dist.append(float(np.hypot(ix - tx, iy - ty)))
+    top.append(iy == 0)
+    spread.append(float(c.max() - c.min()))
+  dist = np.array(dist)
+  return dict(pairs=len(dist), within_half_cell=float(np.mean(dist <= 0.5)),
+              within_one_cell=float(np.mean(dist <= 1.0)), mean_distance_cells=float(dist.mean()),
+              peak_in_top_row=float(np.mean(top)), mean_correlation_spread=float(np.mean(spread)))
