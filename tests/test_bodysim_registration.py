@@ -124,3 +124,18 @@ def test_encoder_cell_centre_matches_to_pixels():
   t = register.to_pixels(Rigid2D(0.0, (1.0, 0.0)), 8)          # one cell right = 8 px
   np.testing.assert_allclose(t.apply([[8 * j + 3.5, 8 * i + 3.5]]),
                              [[8 * (j + 1) + 3.5, 8 * i + 3.5]])
+
+
+def test_placement_check(subjects):
+  """Position-feature maps peak at the true placement (within one cell); with the truth moved
+  3 cells down the same maps are 3 cells off."""
+  truths = [br.truth_transform(s['truth']['matrix_mri_to_dxa']) for s in subjects]
+  maps = [position_maps(s['dxa'].shape[:2], s['mri'].shape[:2], t)
+          for s, t in zip(subjects, truths)]
+  fd, fm = [m[0] for m in maps], [m[1] for m in maps]
+  good = br.placement_check(fd, fm, truths)
+  assert good['within_one_cell'] == 1.0 and good['mean_distance_cells'] < 1.0, good
+  moved = [Rigid2D(0.0, (0.0, 24.0)) @ t for t in truths]
+  bad = br.placement_check(fd, fm, moved)
+  assert bad['within_one_cell'] == 0.0, bad
+  assert abs(bad['mean_distance_cells'] - 3.0) < 1.0, bad

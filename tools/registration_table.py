@@ -123,13 +123,15 @@ def main(argv=None):
   failures = collections.Counter()
   methods = br.method_table(spacing, refine_fn, mi_channels, failures)
   te_pairs = br.make_pairs(test, fd_te, fm_te)
+  placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs])
+  print(f'[registration] aligner placement on the test pairs: {placement}', flush=True)
   errors, seconds, transforms = evaluation.run_methods(te_pairs, methods, spacing)
   rows = evaluation.keypoint_table(errors, seconds)
   test_failures = dict(failures)
   table = dict(
       data=GENERATED, data_dir=ddir, split='test', pairs=len(te_pairs), spacing_mm=spacing,
       aligner=dict(workdir=args.aligner, step=int(step), config=acfg.to_dict()),
-      encode_seconds_per_pair=encode_s, refiner=refine_info,
+      encode_seconds_per_pair=encode_s, refiner=refine_info, aligner_placement=placement,
       mi_channels=dict(mri=mi_channels[0], dxa=mi_channels[1], training_mean_cm=mi_scores),
       failures_fell_back_to_identity=test_failures, rows=rows,
       per_pair_errors_cm={k: np.round(v, 4).tolist() for k, v in errors.items()},
@@ -142,7 +144,11 @@ def main(argv=None):
     f.write(f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {GENERATED}; '
             f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
             f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
-            + md + '\n')
+            + md + '\n\nWhere the aligner\'s own correlation (valid placements, as in training) '
+            f'puts each test MRI map on its DXA map: {placement["within_one_cell"]:.0%} within '
+            f'one cell (8 px) of the true placement, mean distance '
+            f'{placement["mean_distance_cells"]:.2f} cells, peak in the top row for '
+            f'{placement["peak_in_top_row"]:.0%} of the pairs.\n')
   evaluation.overlay_figure(os.path.join(args.out, 'overlays.png'), te_pairs,
                             {k: v for k, v in transforms.items() if k != 'identity'},
                             args.overlay_pairs)
