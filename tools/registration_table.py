@@ -76,6 +76,8 @@ def main(argv=None):
   ap.add_argument('--test-pairs', type=int, default=100)
   ap.add_argument('--refine-pairs', type=int, default=50)
   ap.add_argument('--refine-steps', type=int, default=None, help='default: configs/refine.py')
+  ap.add_argument('--refine-min-inliers', type=int, default=10,
+                  help='LMedS inliers a salient-aligned training pair needs to be kept')
   ap.add_argument('--mi-pairs', type=int, default=20)
   ap.add_argument('--unet-train', type=int, default=200, help='U-Net training subjects')
   ap.add_argument('--unet-steps', type=int, default=None, help='default: configs/unet.py')
@@ -110,8 +112,11 @@ def main(argv=None):
     rcfg.steps = args.refine_steps
   rdir = os.path.join(args.out, 'refiner')
   tried = 2 * args.refine_pairs
-  refine_fn, refine_info = br.train_refiner(rcfg, rdir, fm_tr[:tried], fd_tr[:tried],
-                                            args.refine_pairs)
+  try:
+    refine_fn, refine_info = br.train_refiner(rcfg, rdir, fm_tr[:tried], fd_tr[:tried],
+                                              args.refine_pairs, args.refine_min_inliers)
+  except ValueError as e:      # too few salient-aligned pairs: no refinement row
+    refine_fn, refine_info = None, dict(trained=False, reason=str(e))
   print(f'[registration] refiner: {refine_info}', flush=True)
 
   # 2. MI channels on training pairs
