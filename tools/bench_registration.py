@@ -13,8 +13,8 @@ the refinement regressor (configs/refine.py model, untrained: its run time does 
 its weights) after salient, and SimpleITK Mattes MI on the images (MRI water vs DXA tissue);
 keypoint transfer errors (cm) against the BodySim truth are reported beside the times.
 
---data synthetic: feature maps: MRI (source) 62 x 28 x 128 and DXA (target) 100 x 37 x 128, generated with a
-known transform (osteojax.align.synthetic; not encoder output). Methods: dense (11 angles,
+--data synthetic: feature maps: MRI (source) 62 x 28 x 128 and DXA (target) 100 x 37 x 128,
+generated with a known transform (osteojax.align.synthetic; not encoder output). Methods: dense (11 angles,
 -10..10 degrees), salient points, the refinement regressor (the `:paper` model of
 configs/refine.py, untrained: its run time does not depend on its weights) and salient +
 refine; SimpleITK Mattes MI on generated single-channel images of 501 x 224 (MRI) and
