@@ -15,6 +15,7 @@ TASKS = {
     'finetune': 'osteojax.finetune',     # MoE multi-task fine-tuning + valid/test predictions
     'pipeline': 'osteojax.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
     'unet': 'osteojax.segment',          # 2-D U-Net segmenter (annotation transfer), Dice
+    'align': 'osteojax.align.train',     # DXA-MRI aligner: contrastive spatial encoders, BodySim
 }
 
 

@@ -1,9 +1,20 @@
 """Benchmark the registration methods at the paper's sizes. Prints one JSON line.
 
-  python tools/bench_registration.py [--pairs 5] [--seed 0]
+  python tools/bench_registration.py --aligner runs/align [--pairs 10] [--scales 1 4]
+  python tools/bench_registration.py --data synthetic [--pairs 5] [--seed 0]
 
-Feature maps: MRI (source) 62 x 28 x 128 and DXA (target) 100 x 37 x 128, generated with a
-known transform (osteojax.align.synthetic; not encoder output). Methods: dense (11 angles,
+--data bodysim (default): generated BodySim pairs at each of --scales (1 = the paper's
+resolution: DXA 800 x 300, MRI 501 x 224 at 2.2 mm, maps 100 x 37 and 62 x 28; 4 = the CPU
+default the aligner is trained at). Maps come from the --aligner checkpoint (its encoders are
+fully convolutional and run at any size, but they were trained at their own scale only: at
+another scale the timings hold, the errors do not), or from an untrained encoder of the CPU
+default architecture without --aligner. Timed per pair: encoding both scans, dense, salient,
+the refinement regressor (configs/refine.py model, untrained: its run time does not depend on
+its weights) after salient, and SimpleITK Mattes MI on the images (MRI water vs DXA tissue);
+keypoint transfer errors (cm) against the BodySim truth are reported beside the times.
+
+--data synthetic: feature maps: MRI (source) 62 x 28 x 128 and DXA (target) 100 x 37 x 128,
+generated with a known transform (osteojax.align.synthetic; not encoder output). Methods: dense (11 angles,
 -10..10 degrees), salient points, the refinement regressor (the `:paper` model of
 configs/refine.py, untrained: its run time does not depend on its weights) and salient +
 refine; SimpleITK Mattes MI on generated single-channel images of 501 x 224 (MRI) and
@@ -47,13 +58,7 @@ def _summary(times, first, errors=None, unit=None):
   return out
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument('--pairs', type=int, default=5)
-  ap.add_argument('--seed', type=int, default=0)
-  ap.add_argument('--noise', type=float, default=0.5, help='source map noise (x field sd)')
-  ap.add_argument('--skip-mi', action='store_true')
-  args = ap.parse_args(argv)
+def bench_synthetic(args):
   rng = np.random.default_rng(args.seed)
   pairs = []
   for i in range(args.pairs + 1):            # pair 0 warms up (compiles)
@@ -106,12 +111,88 @@ def main(argv=None):
                                                  axis=-1))))
     res['mattes_mi'] = _summary(times, first, errors, 'px')
 
+  return dict(data='generated (osteojax.align.synthetic), not encoder maps',
+              mri_map=MRI_MAP + (128,), dxa_map=DXA_MAP + (128,), mri_image=MRI_IMG,
+              dxa_image=DXA_IMG, noise=args.noise, results=res)
+
+
+def bench_bodysim(args, scale):
+  """Times and keypoint errors of every method on generated BodySim pairs at `scale`."""
+  from osteojax.align import bodysim_registration as br
+  from osteojax.align import evaluation
+  from osteojax.align import train as align_train
+  from osteojax.data import bodysim
+
+  if args.aligner:
+    model, variables, acfg, step = align_train.load_encoders(args.aligner)
+  else:
+    import align as align_config
+    acfg, step = align_config.get_config(), 0
+    model = align_train.build_model(acfg)
+    g = bodysim.geometry(scale)
+    st = align_train.init_state(acfg, model, tuple(g['dxa_shape']) + (2,),
+                                tuple(g['mri_shape']) + (2,), 1)
+    variables = {'params': st.params, 'batch_stats': st.batch_stats}
+  subs = [bodysim.make_subject([args.seed, 7, i], scale) for i in range(args.pairs + 1)]
+  keys = ('dxa', 'mri')
+  data = {k: np.stack([s[k] for s in subs]) for k in keys}
+  for k in ('keypoints_dxa', 'keypoints_mri', 'matrix_mri_to_dxa'):
+    data[k] = np.array([s['truth'][k] for s in subs])
+  data['ids'] = [str(i) for i in range(len(subs))]
+  spacing = subs[0]['spacing_mm']
+  dxa, mri = align_train.select_channels(data, acfg)
+  fd_j = jax.jit(lambda x: model.apply(variables, x, method=model.embed_dxa))
+  fm_j = jax.jit(lambda x: model.apply(variables, x, method=model.embed_mri))
+  enc, fds, fms = [], [], []
+  for i in range(len(subs)):
+    t0 = time.perf_counter()
+    a = np.asarray(fd_j(dxa[i:i + 1]))[0]
+    b = np.asarray(fm_j(mri[i:i + 1]))[0]
+    enc.append(time.perf_counter() - t0)
+    fds.append(a)
+    fms.append(b)
+  pairs = br.make_pairs(data, np.stack(fds), np.stack(fms))
+  rcfg = refine_config.get_config()
+  rmodel = refine.build_model(rcfg)
+  rst = refine.init_state(rcfg, rmodel, fms[0].shape, 1)
+  refine_fn = refine.make_refine_fn(rmodel, {'params': rst.params,
+                                             'batch_stats': rst.batch_stats}, rcfg)
+  methods = br.method_table(spacing, refine_fn, ('water', 'tissue'))
+  drop = ('identity', 'floor') + (('mattes_mi',) if args.skip_mi else ())
+  methods = {k: v for k, v in methods.items() if k not in drop}
+  res = {'encode_both': _summary(enc[1:], enc[0])}
+  for name, f in methods.items():
+    _, first = _timed(lambda: f(pairs[0]))        # pair 0 warms up (compiles)
+    e, secs, _ = evaluation.run_methods(pairs[1:], {name: f}, spacing, warmup=False)
+    res[name] = _summary(secs[name], first)
+    res[name]['mean_keypoint_error_cm'] = float(np.mean(e[name]))
+  return dict(data=f'generated BodySim pairs at scale {scale}', scale=scale,
+              spacing_mm=spacing, dxa_image=list(dxa.shape[1:3]), mri_image=list(mri.shape[1:3]),
+              dxa_map=list(fds[0].shape), mri_map=list(fms[0].shape),
+              encoder=dict(aligner=args.aligner or 'untrained CPU-default architecture',
+                           step=int(step), trained_scale=int(acfg.data.scale),
+                           widths=list(acfg.model.widths)),
+              results=res)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--data', choices=('bodysim', 'synthetic'), default='bodysim')
+  ap.add_argument('--aligner', default='', help='aligner run folder (bodysim data)')
+  ap.add_argument('--scales', type=int, nargs='+', default=[1, 4])
+  ap.add_argument('--pairs', type=int, default=5)
+  ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--noise', type=float, default=0.5, help='source map noise (x field sd)')
+  ap.add_argument('--skip-mi', action='store_true')
+  args = ap.parse_args(argv)
+  if args.data == 'synthetic':
+    out = bench_synthetic(args)
+  else:
+    out = dict(runs=[bench_bodysim(args, s) for s in args.scales])
   print(json.dumps(dict(
-      bench='registration', data='generated (osteojax.align.synthetic), not encoder maps',
-      mri_map=MRI_MAP + (128,), dxa_map=DXA_MAP + (128,), mri_image=MRI_IMG, dxa_image=DXA_IMG,
-      pairs=args.pairs, seed=args.seed, noise=args.noise,
+      bench='registration', pairs=args.pairs, seed=args.seed, **out,
       device=str(jax.devices()[0]), jax=jax.__version__, cpus=os.cpu_count(),
-      machine=platform.machine(), load_avg_1min=os.getloadavg()[0], results=res)))
+      machine=platform.machine(), load_avg_1min=os.getloadavg()[0])))
 
 
 if __name__ == '__main__':

@@ -126,6 +126,8 @@ def overlay_figure(path: str, pairs: Sequence[RegistrationPair], transforms: dic
       ax[2 + j].scatter(*np.asarray(p.tgt_kp).T, c='lime', s=12)
       ax[2 + j].scatter(*t.apply(p.src_kp).T, c='r', s=12, marker='x')
       ax[2 + j].set_title(name)
+      ax[2 + j].set_xlim(-0.5, dxa.shape[1] - 0.5)   # moved points may fall outside the DXA
+      ax[2 + j].set_ylim(dxa.shape[0] - 0.5, -0.5)
     for a in ax:
       a.axis('off')
   fig.tight_layout()

@@ -139,3 +139,58 @@ def dice(pred, truth, labels) -> dict:
     den = int(p.sum()) + int(t.sum())
     out[lab] = 2.0 * float(np.sum(p & t)) / den if den else float('nan')
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Retrieval and verification (the DXA-MRI aligner): a square similarity matrix, matches on the
+# diagonal.
+
+def match_ranks(sim) -> np.ndarray:
+  """1-based rank of the matching column in each row of sim [N, N] (ties count against it:
+  rank = 1 + number of other columns scoring >= the match)."""
+  s = np.asarray(sim, np.float64)
+  if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+    raise ValueError(f'similarity matrix must be square and non-empty, got shape {s.shape}')
+  d = np.diag(s)[:, None]
+  other = ~np.eye(len(s), dtype=bool)
+  return 1 + np.sum((s >= d) & other, axis=1)
+
+
+def retrieval_metrics(sim, ks=(1, 5, 10)) -> dict:
+  """Recall@K (fractions) and mean / median 1-based rank, each row a query. sim: [N, N]."""
+  r = match_ranks(sim)
+  out = {f'recall@{k}': float(np.mean(r <= k)) for k in ks}
+  out.update(mean_rank=float(r.mean()), median_rank=float(np.median(r)), n=int(len(r)))
+  return out
+
+
+def recall_curve(sim, max_k: int | None = None) -> np.ndarray:
+  """Recall@K for K = 1..max_k (default N). sim: [N, N] -> [max_k]."""
+  r = match_ranks(sim)
+  k = np.arange(1, (max_k or len(r)) + 1)
+  return (r[None, :] <= k[:, None]).mean(1)
+
+
+def verification_metrics(sim, fpr_at: float = 0.01) -> dict:
+  """All N^2 pairs of sim [N, N] scored as match / non-match: ROC AUC, EER and TPR at FPR.
+
+  EER is where FPR = 1 - TPR, linearly interpolated between ROC points; TPR@FPR is the highest
+  TPR whose FPR does not exceed `fpr_at` (the ROC as a step function).
+  """
+  s = np.asarray(sim, np.float64)
+  match_ranks(s)   # shape check
+  y = np.eye(len(s), dtype=int).ravel()
+  if len(s) < 2:
+    raise ValueError('verification needs at least 2 pairs (some non-matching pairs)')
+  fpr, tpr, _ = skm.roc_curve(y, s.ravel())
+  fnr = 1 - tpr
+  i = int(np.argmax(fnr <= fpr))          # first ROC point with FNR <= FPR (fnr falls, fpr rises)
+  if i == 0:
+    eer = float(fpr[0])
+  else:
+    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
+    w = d0 / (d0 - d1) if d0 != d1 else 0.0
+    eer = float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+  return dict(auc=float(skm.roc_auc_score(y, s.ravel())), eer=eer,
+              tpr_at_fpr=float(tpr[fpr <= fpr_at + 1e-12].max()), fpr_at=fpr_at,
+              pairs=int(y.size), matches=int(y.sum()))

@@ -1,0 +1,177 @@
+"""Registration and annotation transfer on BodySim pairs with a trained aligner.
+
+Glue between the aligner (osteojax.align.train: encoders, BodySim data) and the generic
+registration code (register, refine, mi, transfer, evaluation):
+- `truth_transform`, `xy`: BodySim stores (row, col) pixels and dxa = R mri + t on them; the
+  registration code works in (x, y) = (column, row). Both are converted here, once.
+- `make_pairs`: BodySim arrays + encoder maps -> evaluation.RegistrationPair (MRI = source,
+  DXA = target; keypoints reordered to evaluation.KEYPOINTS).
+- `method_table`: the methods of the paper's Table 1 as functions pair -> Rigid2D in pixels
+  (identity, Mattes MI, dense, salient, salient + refinement, keypoint floor). A map method
+  that fails (RegistrationError) falls back to the identity and is counted in `failures`.
+- `train_refiner`: the refinement regressor trained on training pairs aligned by the salient
+  method (the paper's recipe), through refine.train / lib.fit.
+- `transfer_masks`: DXA masks moved onto each MRI by a method's transforms (nearest).
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from osteojax.align import evaluation, mi, refine, register, transfer
+from osteojax.align import train as align_train
+from osteojax.align.rigid import Rigid2D
+from osteojax.data import bodysim
+
+STRIDE = 8   # the spatial encoder's down-sampling (three 2 x 2 max-poolings)
+# bodysim.KEYPOINTS order -> evaluation.KEYPOINTS order
+KP_ORDER = [bodysim.KEYPOINTS.index(k) for k in evaluation.KEYPOINTS]
+
+
+def xy(points_rc) -> np.ndarray:
+  """(row, col) points [..., 2] -> (x, y) = (col, row)."""
+  return np.asarray(points_rc, np.float64)[..., ::-1]
+
+
+def truth_transform(matrix_mri_to_dxa) -> Rigid2D:
+  """BodySim's 2 x 3 (row, col) matrix -> the MRI -> DXA Rigid2D in (x, y) pixels."""
+  m = np.asarray(matrix_mri_to_dxa, np.float64)
+  swap = np.array([[0.0, 1.0], [1.0, 0.0]])
+  return Rigid2D.from_matrix(swap @ m[:, :2] @ swap, swap @ m[:, 2])
+
+
+def embed_pairs(model, variables, config, data: dict, batch_size: int = 32):
+  """Encoder maps of a load_pairs dict with the aligner's channels: (dxa maps, mri maps)."""
+  dxa, mri = align_train.select_channels(data, config)
+  return align_train.embed(model, variables, dxa, mri, batch_size)
+
+
+def make_pairs(data: dict, dxa_maps=None, mri_maps=None) -> list:
+  """RegistrationPairs (MRI source, DXA target) of a load_pairs dict; extra = dict(index,
+  truth (Rigid2D, pixels), id)."""
+  pairs = []
+  for i in range(len(data['dxa'])):
+    pairs.append(evaluation.RegistrationPair(
+        src_kp=xy(data['keypoints_mri'][i])[KP_ORDER],
+        tgt_kp=xy(data['keypoints_dxa'][i])[KP_ORDER],
+        src_map=None if mri_maps is None else mri_maps[i],
+        tgt_map=None if dxa_maps is None else dxa_maps[i],
+        src_image=data['mri'][i], tgt_image=data['dxa'][i],
+        extra=dict(index=i, id=data['ids'][i],
+                   truth=truth_transform(data['matrix_mri_to_dxa'][i]))))
+  return pairs
+
+
+# ------------------------------------------------------------------------------------ methods
+MI_CHANNELS = dict(mri=bodysim.MRI_CHANNELS, dxa=bodysim.DXA_CHANNELS)
+
+
+def mi_method(spacing_mm: float, mri_channel: str = 'fat', dxa_channel: str = 'tissue',
+              seed: int = 0):
+  """Mattes MI on one MRI channel vs one DXA channel (moments initialisation)."""
+  ci = bodysim.MRI_CHANNELS.index(mri_channel)
+  cj = bodysim.DXA_CHANNELS.index(dxa_channel)
+
+  def f(p):
+    return mi.register_mi(p.src_image[..., ci], p.tgt_image[..., cj], spacing_mm,
+                          seed=seed).transform_px
+  return f
+
+
+def choose_mi_channels(pairs, spacing_mm: float) -> tuple[tuple[str, str], dict]:
+  """The (MRI, DXA) channel pair with the lowest mean keypoint error on `pairs` (training
+  pairs, never the test pairs). -> (best, {'mri/dxa': mean cm})."""
+  scores = {}
+  for a in bodysim.MRI_CHANNELS:
+    for b in bodysim.DXA_CHANNELS:
+      f = mi_method(spacing_mm, a, b)
+      e, _, _ = evaluation.run_methods(pairs, {'mi': f}, spacing_mm, warmup=False)
+      scores[f'{a}/{b}'] = float(np.mean(e['mi']))
+  best = min(scores, key=scores.get)
+  return tuple(best.split('/')), scores
+
+
+def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'),
+                 failures: collections.Counter | None = None, dense_kw=None,
+                 salient_kw=None) -> dict:
+  """{name: pair -> Rigid2D (MRI px -> DXA px)} in Table 1 order."""
+  failures = collections.Counter() if failures is None else failures
+  dense_kw, salient_kw = dict(dense_kw or {}), dict(salient_kw or {})
+
+  def guarded(name, f):
+    def g(p):
+      try:
+        return f(p)
+      except register.RegistrationError:
+        failures[name] += 1
+        return Rigid2D.identity()
+    return g
+
+  def salient_cells(p):
+    return register.salient(p.src_map, p.tgt_map, **salient_kw).transform
+
+  out = {
+      'identity': lambda p: register.identity(),
+      'mattes_mi': mi_method(spacing_mm, *mi_channels),
+      'dense': guarded('dense', lambda p: register.to_pixels(
+          register.dense(p.src_map, p.tgt_map, **dense_kw).transform, STRIDE)),
+      'salient': guarded('salient', lambda p: register.to_pixels(salient_cells(p), STRIDE)),
+  }
+  if refine_fn is not None:
+    out['salient_refine'] = guarded('salient_refine', lambda p: register.to_pixels(
+        refine.refine(refine_fn, p.src_map, p.tgt_map, salient_cells(p)), STRIDE))
+  out['floor'] = lambda p: register.keypoint_floor(p.src_kp, p.tgt_kp)
+  return out
+
+
+# ------------------------------------------------------------------------------------ refiner
+def train_refiner(config, workdir: str, mri_maps, dxa_maps, pairs: int = 50,
+                  min_inliers: int = 10):
+  """Refinement regressor on the first `pairs` training pairs the salient method aligns
+  (>= min_inliers LMedS inliers). -> (refine_fn, info dict)."""
+  params, kept = refine.salient_aligned(mri_maps, dxa_maps, min_inliers=min_inliers)
+  if len(kept) < 2:
+    raise ValueError(f'the salient method aligned only {len(kept)} training pairs')
+  params, kept = params[:pairs], kept[:pairs]
+  model, variables = refine.train(config, workdir, mri_maps[kept], dxa_maps[kept], params)
+  info = dict(pairs=int(len(kept)), tried=int(len(mri_maps)), min_inliers=min_inliers,
+              steps=int(config.steps), perturb=config.perturb.to_dict())
+  return refine.make_refine_fn(model, variables, config), info
+
+
+# ------------------------------------------------------------------------------------ transfer
+def transfer_masks(dxa_masks, transforms, mri_hw) -> np.ndarray:
+  """DXA label masks [N, H, W] onto the MRI grids through MRI -> DXA transforms (pixels)."""
+  return np.stack([transfer.mask_to_source(m, t, mri_hw)
+                   for m, t in zip(dxa_masks, transforms)]).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------ diagnosis
+def placement_check(dxa_maps, mri_maps, truths) -> dict:
+  """Where the aligner's own similarity puts each MRI map on its DXA map, against the truth.
+
+  For every pair: the valid placement (MRI map wholly inside the DXA map, as in training) of
+  the strongest correlation (osteojax.align.correlation), and the true placement of the MRI
+  map's cell (0, 0) (truth in cells, rotation ignored: |theta| <= 5 degrees). -> fractions of
+  pairs within 0.5 / 1 cell, mean distance (cells), the fraction peaking in the top row, and
+  the mean spread (max - min) of the correlation over placements.
+  """
+  import jax.numpy as jnp
+
+  from osteojax.align import correlation
+
+  dist, top, spread = [], [], []
+  for d, m, t in zip(dxa_maps, mri_maps, truths):
+    c = np.asarray(correlation.correlation_maps_fft(jnp.asarray(d[None]),
+                                                    jnp.asarray(m[None])))[0, 0]
+    iy, ix = np.unravel_index(np.argmax(c), c.shape)
+    cells = t.change_units(1.0 / STRIDE, (-(STRIDE - 1) / 2 / STRIDE,) * 2)
+    tx, ty = cells.apply([[0.0, 0.0]])[0]
+    dist.append(float(np.hypot(ix - tx, iy - ty)))
+    top.append(iy == 0)
+    spread.append(float(c.max() - c.min()))
+  dist = np.array(dist)
+  return dict(pairs=len(dist), within_half_cell=float(np.mean(dist <= 0.5)),
+              within_one_cell=float(np.mean(dist <= 1.0)), mean_distance_cells=float(dist.mean()),
+              peak_in_top_row=float(np.mean(top)), mean_correlation_spread=float(np.mean(spread)))

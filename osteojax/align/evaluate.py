@@ -1,0 +1,114 @@
+"""Evaluate a trained aligner on a BodySim split: retrieval and verification, tables and PNGs.
+
+Retrieval ranks, for each DXA (query), all MRIs of the split by similarity (and the reverse);
+verification scores all N^2 DXA / MRI pairs as match / non-match. Metrics come from
+osteojax.evaluate.metrics; the similarity is the same max-over-translations FFT correlation as in
+training (a 1 x 1 map for the pooled baseline, i.e. the cosine of the embeddings).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from osteojax.align import train  # noqa: E402
+from osteojax.data import bodysim  # noqa: E402
+from osteojax.evaluate import metrics  # noqa: E402
+
+
+def scores(sim) -> dict:
+  """All metrics of a similarity matrix [N, N] (rows DXA, columns MRI)."""
+  r = metrics.retrieval_metrics(sim)
+  r_rev = metrics.retrieval_metrics(np.asarray(sim).T)
+  v = metrics.verification_metrics(sim)
+  return dict(**r, **v, mri_to_dxa={k: r_rev[k] for k in ('recall@1', 'recall@5', 'recall@10',
+                                                          'mean_rank')})
+
+
+def similarity_of_run(workdir: str, split: str = 'test', data_dir: str | None = None,
+                      limit: int | None = None):
+  """(sim [N, N], config, step) of the checkpoint in workdir on a BodySim split."""
+  model, variables, config, step = train.load_encoders(workdir)
+  ddir = data_dir or train.data_dir(config)
+  data = bodysim.load_pairs(ddir, split, limit)
+  dxa, mri = train.select_channels(data, config)
+  train.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
+  fd, fm = train.embed(model, variables, dxa, mri)
+  return train.similarity_all(fd, fm), config, step
+
+
+def plot_curves(sim, out_prefix: str, title: str) -> list[str]:
+  """ROC (all pairs) and recall@K PNGs; returns their paths."""
+  s = np.asarray(sim)
+  y = np.eye(len(s), dtype=int).ravel()
+  fpr, tpr, _ = skm.roc_curve(y, s.ravel())
+  paths = []
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.plot(fpr, tpr, lw=1.5)
+  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  ax.set_xscale('symlog', linthresh=0.01)
+  ax.set_xlabel('false positive rate (log above 0.01)')
+  ax.set_ylabel('true positive rate')
+  ax.set_title(f'{title}\nverification ROC, AUC {skm.roc_auc_score(y, s.ravel()):.4f}', fontsize=8)
+  fig.tight_layout()
+  paths.append(f'{out_prefix}_roc.png')
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  fig, ax = plt.subplots(figsize=(4, 4))
+  k = np.arange(1, len(s) + 1)
+  ax.plot(k, metrics.recall_curve(s), lw=1.5, label='DXA -> MRI')
+  ax.plot(k, metrics.recall_curve(s.T), lw=1.0, ls='--', label='MRI -> DXA')
+  ax.plot(k, k / len(s), 'k:', lw=0.8, label='chance')
+  ax.set_xscale('log')
+  ax.set_xlabel('K')
+  ax.set_ylabel('recall@K')
+  ax.legend(fontsize=7)
+  ax.set_title(f'{title}\nretrieval among {len(s)}', fontsize=8)
+  fig.tight_layout()
+  paths.append(f'{out_prefix}_recall_at_k.png')
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def markdown_row(name: str, m: dict) -> str:
+  return (f'| {name} | {100 * m["recall@1"]:.1f} | {100 * m["recall@5"]:.1f} | '
+          f'{100 * m["recall@10"]:.1f} | {m["mean_rank"]:.2f} | {m["auc"]:.4f} | '
+          f'{100 * m["eer"]:.2f} | {m["tpr_at_fpr"]:.3f} |')
+
+
+HEADER = ('| run | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | TPR@FPR=1% |\n'
+          '|---|---|---|---|---|---|---|---|')
+
+
+def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
+                 out_dir: str | None = None, limit: int | None = None) -> dict:
+  """Evaluate the newest checkpoint in workdir; writes eval_<split>.{json,md} and PNGs."""
+  sim, config, step = similarity_of_run(workdir, split, data_dir, limit)
+  m = scores(sim)
+  out_dir = out_dir or workdir
+  os.makedirs(out_dir, exist_ok=True)
+  name = (f'{config.model.encoder} DXA {"+".join(config.model.dxa_channels)} / MRI '
+          f'{"+".join(config.model.mri_channels)}, tau {config.loss.temperature}, '
+          f'seed {config.seed}')
+  pngs = plot_curves(sim, os.path.join(out_dir, f'eval_{split}'), name)
+  res = dict(workdir=os.path.abspath(workdir), step=int(step), split=split, n=len(sim),
+             encoder=config.model.encoder, dxa_channels=list(config.model.dxa_channels),
+             mri_channels=list(config.model.mri_channels),
+             temperature=config.loss.temperature, seed=config.seed,
+             data_seed=config.data.seed, metrics=m, pngs=pngs, generated_data=True)
+  with open(os.path.join(out_dir, f'eval_{split}.json'), 'w') as f:
+    json.dump(res, f, indent=1)
+  md = (f'# Aligner evaluation ({split} split of generated BodySim data, N = {len(sim)}, '
+        f'step {step})\n\n{HEADER}\n{markdown_row(name, m)}\n\nMRI -> DXA: R@1 '
+        f'{100 * m["mri_to_dxa"]["recall@1"]:.1f} %, mean rank '
+        f'{m["mri_to_dxa"]["mean_rank"]:.2f}.\n')
+  with open(os.path.join(out_dir, f'eval_{split}.md'), 'w') as f:
+    f.write(md)
+  print(md, flush=True)
+  return res

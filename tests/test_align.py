@@ -1,0 +1,157 @@
+"""Aligner: InfoNCE by hand, encoders' shapes and norms, augmentation, 1 vs 4 devices, bad input,
+an end-to-end tiny run through the entry point and the evaluation CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from osteojax.align import train
+from osteojax.data import bodysim
+from osteojax.data.io import OsteoDataError
+from osteojax.models import spatial
+from osteojax.objectives import contrastive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import align as align_config  # noqa: E402
+
+
+def test_symmetric_infonce_by_hand():
+  sim = np.array([[0.9, 0.2], [0.4, 0.5]])
+  tau = 0.5
+  e = np.exp(sim / tau)
+  rows = np.log(e[0, 0] / e[0].sum()) + np.log(e[1, 1] / e[1].sum())
+  cols = np.log(e[0, 0] / e[:, 0].sum()) + np.log(e[1, 1] / e[:, 1].sum())
+  want = -(rows + cols) / 2
+  np.testing.assert_allclose(contrastive.symmetric_infonce(jnp.asarray(sim), tau), want,
+                             rtol=1e-6)
+  # chance level: all similarities equal -> 2 log N
+  np.testing.assert_allclose(contrastive.symmetric_infonce(jnp.zeros((5, 5)), 0.1),
+                             2 * np.log(5), rtol=1e-6)
+  with pytest.raises(ValueError, match='empty batch'):
+    contrastive.symmetric_infonce(jnp.zeros((0, 0)), 0.1)
+
+
+@pytest.mark.parametrize('encoder', ['spatial', 'pooled'])
+def test_encoder_shapes_and_unit_norm(encoder):
+  m = spatial.Aligner(encoder, (4, 4, 8), 8, 16, axis_name=None)
+  dxa = jax.random.uniform(jax.random.PRNGKey(0), (2, 200, 75, 1))
+  mri = jax.random.uniform(jax.random.PRNGKey(1), (2, 125, 56, 2))
+  v = m.init(jax.random.PRNGKey(2), dxa, mri, train=False)
+  fd, fm = m.apply(v, dxa, mri, train=False)
+  if encoder == 'spatial':
+    assert fd.shape == (2, 25, 9, 16) and fm.shape == (2, 15, 7, 16)     # 8x down-sampling
+  else:
+    assert fd.shape == fm.shape == (2, 1, 1, 16)
+  np.testing.assert_allclose(jnp.linalg.norm(fd, axis=-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(fm, axis=-1), 1.0, atol=1e-5)
+
+
+def test_augment_translation_and_intensity():
+  x = jnp.zeros((6, 5, 1)).at[2, 2, 0].set(1.0)
+  seen = set()
+  for i in range(40):
+    y = train.augment(x, jax.random.PRNGKey(i), 1, 0.0)
+    r, c = np.argwhere(np.asarray(y[..., 0]) > 0)[0]
+    seen.add((int(r) - 2, int(c) - 2))
+    assert float(y.sum()) == 1.0
+  assert seen == {(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)}
+  z = train.augment(jnp.ones((4, 4, 2)) * 0.5, jax.random.PRNGKey(0), 0, 0.2)
+  assert 0.4 - 1e-6 <= float(z.mean()) <= 0.6 + 1e-6
+
+
+def _losses(devices, encoder):
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_align.py'), encoder],
+                       capture_output=True, encoding='utf-8', errors='replace', env=env,
+                       timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_one_vs_four_devices_same_losses():
+  """Global-batch negatives via all_gather and synchronised BN: 4 simulated devices = 1."""
+  one, four = _losses(1, 'spatial'), _losses(4, 'spatial')
+  assert one['devices'] == 1 and four['devices'] == 4
+  np.testing.assert_allclose(one['losses'], four['losses'], atol=1e-5)
+  np.testing.assert_allclose(one['param_sum'], four['param_sum'], rtol=1e-5)
+  assert one['losses'][0] != one['losses'][-1]          # the steps did update the encoders
+
+
+def test_bad_input_messages():
+  cfg = align_config.get_config('tiny')
+  d = np.zeros((2, 40, 24, 2), np.float32)
+  m = np.zeros((2, 24, 16, 2), np.float32)
+  train.check_inputs(d, m, 2, 2)
+  with pytest.raises(ValueError, match='MRI scans have 3 channels; the encoder expects 2'):
+    train.check_inputs(d, np.zeros((2, 24, 16, 3), np.float32), 2, 2)
+  bad = d.copy()
+  bad[1, 3, 3, 0] = np.nan
+  with pytest.raises(ValueError, match='DXA scans contain 1 NaN'):
+    train.check_inputs(bad, m, 2, 2)
+  with pytest.raises(ValueError, match='empty batch'):
+    train.check_inputs(d[:0], m[:0], 2, 2)
+  with pytest.raises(ValueError, match="unknown MRI channel"):
+    cfg.model.mri_channels = ('fat', 'T2')
+    train.select_channels(dict(dxa=d, mri=m), cfg)
+  with pytest.raises(OsteoDataError, match='pixel spacings differ between modalities'):
+    bodysim.check_pair((2.2, 2.2), (2.0, 2.0))
+
+
+def test_bad_files(tmp_path):
+  import SimpleITK as sitk
+  img = sitk.GetImageFromArray(np.zeros((10, 8, 3), np.float32), isVector=True)
+  sitk.WriteImage(img, str(tmp_path / 'three.nii'))
+  with pytest.raises(OsteoDataError, match='expected 2 channels, got 3'):
+    bodysim.read_scan(str(tmp_path / 'three.nii'), 2)
+  a = np.zeros((10, 8, 2), np.float32)
+  a[0, 0, 1] = np.nan
+  sitk.WriteImage(sitk.GetImageFromArray(a, isVector=True), str(tmp_path / 'nan.nii'))
+  with pytest.raises(OsteoDataError, match='NaN'):
+    bodysim.read_scan(str(tmp_path / 'nan.nii'), 2)
+
+
+def test_tiny_run_and_eval_cli(tmp_path):
+  """configs/align.py:tiny through `python -m osteojax.main`, then tools/eval_align.py; a run
+  folder with spacings that differ between modalities is refused with one line."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  data, work = tmp_path / 'bs', tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'osteojax.main', '--config', 'configs/align.py:tiny',
+         '--workdir', str(work), f'--config.data.dir={data}', '--config.eval_split=']
+  res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, encoding='utf-8',
+                       errors='replace', timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert '[align] done: 2 steps' in res.stdout
+  out = tmp_path / 'eval'
+  res = subprocess.run([sys.executable, 'tools/eval_align.py', '--workdir', str(work),
+                        '--out', str(out), '--table', str(out / 'table.md')], cwd=ROOT, env=env,
+                       capture_output=True, encoding='utf-8', errors='replace', timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  r = json.load(open(out / 'run' / 'eval_test.json'))
+  assert r['n'] == 4 and 0 <= r['metrics']['auc'] <= 1 and r['step'] == 2
+  for p in r['pngs']:
+    assert os.path.getsize(p) > 1000
+  assert '| run |' in open(out / 'table.md').read()
+  # different pixel spacing in one subject's MRI -> a one-line error, exit 2
+  mri = data / 'test' / '00001' / 'mri.nii'
+  import SimpleITK as sitk
+  img = sitk.ReadImage(str(mri))
+  img.SetSpacing((4.4, 4.4))
+  sitk.WriteImage(img, str(mri))
+  res = subprocess.run([sys.executable, 'tools/eval_align.py', '--workdir', str(work)],
+                       cwd=ROOT, env=env, capture_output=True, encoding='utf-8',
+                       errors='replace', timeout=600)
+  assert res.returncode == 2
+  assert res.stderr.strip().startswith('error:') and len(res.stderr.strip().splitlines()) == 1
+  assert 'pixel spacings differ between modalities' in res.stderr
+  # a folder without a checkpoint
+  res = subprocess.run([sys.executable, 'tools/eval_align.py', '--workdir', str(tmp_path)],
+                       cwd=ROOT, env=env, capture_output=True, encoding='utf-8',
+                       errors='replace', timeout=600)
+  assert res.returncode == 2 and 'no config.json' in res.stderr
