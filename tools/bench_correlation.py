@@ -71,7 +71,8 @@ def main(argv=None):
            for n in args.sizes.split(',')]
   print(json.dumps(dict(bench='correlation', backend=jax.default_backend(),
                         devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
-                        machine=platform.machine(), jax=jax.__version__, cases=cases)))
+                        machine=platform.machine(), jax=jax.__version__,
+                        load_average_1_5_15=list(os.getloadavg()), cases=cases)))
 
 
 if __name__ == '__main__':
