@@ -156,3 +156,15 @@ def test_tiny_run_and_eval_cli(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, encoding='utf-8',
                        errors='replace', timeout=600)
   assert res.returncode == 2 and 'no config.json' in res.stderr
+
+
+def test_eval_cli_bad_workdir_one_line(tmp_path, capsys):
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import eval_align
+  from osteojax.data.io import run_cli
+  assert run_cli(eval_align.main, ['--workdir', str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error:') and 'no config.json' in err[0]
+  (tmp_path / 'config.json').write_text('{"task": "align"}')
+  assert run_cli(eval_align.main, ['--workdir', str(tmp_path)]) == 2
+  assert 'no checkpoint' in capsys.readouterr().err
