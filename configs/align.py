@@ -44,7 +44,7 @@ def get_config(arg=None):
   elif arg == 'pooled':
     c.model.encoder = 'pooled'
   elif arg == 'tiny':
-    c.data.sizes = dict(train=8, val=0, test=4)
+    c.data.sizes, c.data.scale = dict(train=8, val=0, test=4), 8
     c.data.workers = 0
     c.model.widths, c.model.last_width, c.model.embed_dim = (4, 4, 8), 8, 8
     c.batch_size, c.steps, c.log_every, c.ckpt_every = 4, 2, 1, 2

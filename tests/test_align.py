@@ -40,12 +40,12 @@ def test_symmetric_infonce_by_hand():
 @pytest.mark.parametrize('encoder', ['spatial', 'pooled'])
 def test_encoder_shapes_and_unit_norm(encoder):
   m = spatial.Aligner(encoder, (4, 4, 8), 8, 16, axis_name=None)
-  dxa = jax.random.uniform(jax.random.PRNGKey(0), (2, 200, 75, 1))
-  mri = jax.random.uniform(jax.random.PRNGKey(1), (2, 125, 56, 2))
+  dxa = jax.random.uniform(jax.random.PRNGKey(0), (2, 100, 37, 1))
+  mri = jax.random.uniform(jax.random.PRNGKey(1), (2, 63, 28, 2))
   v = m.init(jax.random.PRNGKey(2), dxa, mri, train=False)
   fd, fm = m.apply(v, dxa, mri, train=False)
   if encoder == 'spatial':
-    assert fd.shape == (2, 25, 9, 16) and fm.shape == (2, 15, 7, 16)     # 8x down-sampling
+    assert fd.shape == (2, 12, 4, 16) and fm.shape == (2, 7, 3, 16)      # 8x down-sampling
   else:
     assert fd.shape == fm.shape == (2, 1, 1, 16)
   np.testing.assert_allclose(jnp.linalg.norm(fd, axis=-1), 1.0, atol=1e-5)
@@ -117,6 +117,7 @@ def test_bad_files(tmp_path):
     bodysim.read_scan(str(tmp_path / 'nan.nii'), 2)
 
 
+@pytest.mark.slow
 def test_tiny_run_and_eval_cli(tmp_path):
   """configs/align.py:tiny through `python -m osteojax.main`, then tools/eval_align.py; a run
   folder with spacings that differ between modalities is refused with one line."""
@@ -155,3 +156,15 @@ def test_tiny_run_and_eval_cli(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, encoding='utf-8',
                        errors='replace', timeout=600)
   assert res.returncode == 2 and 'no config.json' in res.stderr
+
+
+def test_eval_cli_bad_workdir_one_line(tmp_path, capsys):
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import eval_align
+  from osteojax.data.io import run_cli
+  assert run_cli(eval_align.main, ['--workdir', str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error:') and 'no config.json' in err[0]
+  (tmp_path / 'config.json').write_text('{"task": "align"}')
+  assert run_cli(eval_align.main, ['--workdir', str(tmp_path)]) == 2
+  assert 'no checkpoint' in capsys.readouterr().err

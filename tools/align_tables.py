@@ -58,29 +58,33 @@ def main(argv=None):
   p.add_argument('--root', default='runs/align_tables')
   p.add_argument('--seeds', default='0,1')
   p.add_argument('--steps', type=int, default=150)
-  p.add_argument('--only', default='', help='comma list of run names to train (others: read)')
+  p.add_argument('--only', default='',
+                 help='comma list of run names to train, in this order (others: only read)')
   p.add_argument('--report-only', action='store_true', help='only collect finished runs')
   args = p.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(',')]
   plan = runs(seeds)
-  done = {}
-  for table, label, name, seed, over in plan:
+  only = [n for n in args.only.split(',') if n]
+  order = sorted(plan, key=lambda r: only.index(r[2]) if r[2] in only else len(only))
+  for table, label, name, seed, over in order:       # train (in --only order when given)
     work = os.path.join(args.root, name)
     res = os.path.join(work, 'eval_test.json')
-    want = not args.only or name in args.only.split(',')
-    if not os.path.exists(res) and want and not args.report_only:
-      t = time.time()
-      cmd = [sys.executable, '-m', 'osteojax.main', '--config', 'configs/align.py',
-             '--workdir', work, f'--config.seed={seed}', f'--config.steps={args.steps}',
-             f'--config.ckpt_every={args.steps}'] + over
-      print(' '.join(cmd), flush=True)
-      r = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding='utf-8', errors='replace')
-      with open(os.path.join(args.root, f'{name}.log'), 'w') as f:
-        f.write(r.stdout + r.stderr)
-      if r.returncode:
-        print(f'{name}: failed (see {name}.log)', flush=True)
-        continue
-      print(f'{name}: {time.time() - t:.0f} s', flush=True)
+    if os.path.exists(res) or args.report_only or (only and name not in only):
+      continue
+    t = time.time()
+    cmd = [sys.executable, '-m', 'osteojax.main', '--config', 'configs/align.py',
+           '--workdir', work, f'--config.seed={seed}', f'--config.steps={args.steps}',
+           f'--config.ckpt_every={args.steps}'] + over
+    print(' '.join(cmd), flush=True)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding='utf-8', errors='replace')
+    os.makedirs(args.root, exist_ok=True)
+    with open(os.path.join(args.root, f'{name}.log'), 'w') as f:
+      f.write(r.stdout + r.stderr)
+    print(f'{name}: ' + (f'failed (see {name}.log)' if r.returncode
+                         else f'{time.time() - t:.0f} s'), flush=True)
+  done = {}
+  for table, label, name, seed, over in plan:          # collect
+    res = os.path.join(args.root, name, 'eval_test.json')
     if os.path.exists(res):
       with open(res) as f:
         done[name] = json.load(f)

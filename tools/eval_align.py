@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from osteojax.data.io import run_cli  # noqa: E402
+from osteojax.data.io import OsteoDataError, run_cli  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +30,10 @@ def main(argv=None):
   rows = []
   for w in args.workdir:
     out = os.path.join(args.out, os.path.basename(os.path.normpath(w))) if args.out else None
-    rows.append(evaluate.evaluate_run(w, args.split, args.data, out, args.limit))
+    try:
+      rows.append(evaluate.evaluate_run(w, args.split, args.data, out, args.limit))
+    except ValueError as e:          # bad scans (channels, NaNs, empty): one line, exit 2
+      raise OsteoDataError(w, str(e)) from None
   if args.table:
     os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
     with open(args.table, 'w') as f:

@@ -37,15 +37,21 @@ def data_dir(config) -> str:
 
 
 def ensure_data(config, progress: bool = True) -> str:
-  """The BodySim folder of this config, generated when missing or made with other settings."""
+  """The BodySim folder of this config.
+
+  An explicit config.data.dir that already holds a BodySim data set is used as it is (e.g. one
+  made by tools/make_bodysim.py with other sizes); otherwise the folder is generated, or
+  regenerated when it was made with other settings.
+  """
   out = data_dir(config)
+  marker = os.path.join(out, bodysim.MARKER)
+  if config.data.dir and os.path.exists(marker):
+    return out
   sizes = dict(config.data.sizes)
   if not bodysim.is_current(out, config.data.scale, config.data.seed, sizes):
-    if os.path.exists(os.path.join(out, bodysim.MARKER)) or not os.path.exists(out) \
-        or not os.listdir(out):
-      print(f'[align] generating BodySim in {out}', flush=True)
-      bodysim.generate(out, config.data.scale, config.data.seed, sizes,
-                       config.data.workers, progress=progress)
+    print(f'[align] generating BodySim in {out}', flush=True)
+    bodysim.generate(out, config.data.scale, config.data.seed, sizes, config.data.workers,
+                     progress=progress)
   return out
 
 
