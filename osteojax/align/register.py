@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osteojax.align import rigid
+from osteojax.align import correlation, rigid
 from osteojax.align.rigid import Rigid2D
 
 
@@ -121,19 +121,6 @@ def warp(tgt, params, center, out_hw):
 
 
 # -------------------------------------------------------------------------------- dense
-def _fft_size(n: int) -> int:
-  """The smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
-  m = n
-  while True:
-    k = m
-    for p in (2, 3, 5):
-      while k % p == 0:
-        k //= p
-    if k == 1:
-      return m
-    m += 1
-
-
 def _correlate(tgt, srcs, margin):
   """Correlation of each source map over the target at integer shifts, by FFT.
 
@@ -148,7 +135,8 @@ def _correlate(tgt, srcs, margin):
   hh, ww = tgt.shape[:2]
   h, w = srcs.shape[1:3]
   my, mx = margin
-  size = (_fft_size(max(hh + 2 * my, h)), _fft_size(max(ww + 2 * mx, w)))
+  size = (correlation.fast_fft_size(max(hh + 2 * my, h)),
+          correlation.fast_fft_size(max(ww + 2 * mx, w)))
   t = jnp.pad(jnp.moveaxis(tgt, -1, 0), ((0, 0), (my, 0), (mx, 0)))     # [C, my + H, mx + W]
   ft = jnp.fft.rfft2(t, s=size)                                        # [C, P, Q']
   fs = jnp.fft.rfft2(jnp.moveaxis(srcs, -1, 1), s=size)                # [K, C, P, Q']
