@@ -237,7 +237,7 @@ def run(config, workdir: str):
   if config.batch_size > n:
     raise ValueError(f'batch_size {config.batch_size} exceeds the {n} training vertebrae')
   stats = bmd_stats(train.rows)
-  with open(os.path.join(workdir, BMD_STATS), 'w') as f:
+  with open(os.path.join(workdir, BMD_STATS), 'w', encoding='utf-8') as f:
     json.dump(stats, f, indent=1)
   arrays = label_arrays(train.rows, stats)
   steps_per_epoch = max(n // config.batch_size, 1)

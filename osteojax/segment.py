@@ -227,7 +227,7 @@ def train_and_evaluate(config, workdir: str, train: SegData, test: SegData):
   table = dice_table(pred, test.masks, k)
   res = dict(dice=table, test_images=len(test.images), train_images=n, seed=config.seed,
              data_source=config.data.source)
-  with open(os.path.join(workdir, 'dice.json'), 'w') as f:
+  with open(os.path.join(workdir, 'dice.json'), 'w', encoding='utf-8') as f:
     json.dump(res, f, indent=1)
   print(json.dumps(res), flush=True)
   return res, variables

@@ -24,6 +24,6 @@ def run(config, workdir: str):
   if config.task not in TASKS:
     raise ValueError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json_best_effort(indent=1))
   return importlib.import_module(TASKS[config.task]).run(config, workdir)

@@ -78,7 +78,7 @@ def main(argv=None):
     print(' '.join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding='utf-8', errors='replace')
     os.makedirs(args.root, exist_ok=True)
-    with open(os.path.join(args.root, f'{name}.log'), 'w') as f:
+    with open(os.path.join(args.root, f'{name}.log'), 'w', encoding='utf-8') as f:
       f.write(r.stdout + r.stderr)
     print(f'{name}: ' + (f'failed (see {name}.log)' if r.returncode
                          else f'{time.time() - t:.0f} s'), flush=True)
@@ -110,9 +110,9 @@ def main(argv=None):
   head = (f'Generated BodySim test split (N = {n} pairs), {args.steps} training steps per run; '
           f'mean ± sd over seeds (model init, batch order, augmentation; the data is fixed).\n')
   os.makedirs(args.root, exist_ok=True)
-  with open(os.path.join(args.root, 'align_tables.md'), 'w') as f:
+  with open(os.path.join(args.root, 'align_tables.md'), 'w', encoding='utf-8') as f:
     f.write(head + '\n' + '\n'.join(lines))
-  with open(os.path.join(args.root, 'align_tables.json'), 'w') as f:
+  with open(os.path.join(args.root, 'align_tables.json'), 'w', encoding='utf-8') as f:
     json.dump(dict(steps=args.steps, tables=table_json), f, indent=1)
   print(head + '\n' + '\n'.join(lines))
   return 0

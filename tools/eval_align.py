@@ -36,7 +36,7 @@ def main(argv=None):
       raise OsteoDataError(w, str(e)) from None
   if args.table:
     os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
-    with open(args.table, 'w') as f:
+    with open(args.table, 'w', encoding='utf-8') as f:
       f.write(evaluate.HEADER + '\n')
       for r in rows:
         f.write(evaluate.markdown_row(os.path.basename(os.path.normpath(r['workdir'])),

@@ -55,7 +55,7 @@ def main():
       print(method, seed, r, flush=True)
       results.setdefault(method, []).append(dict(seed=seed, **r))
   os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, 'probe.json'), 'w') as f:
+  with open(os.path.join(a.out, 'probe.json'), 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=1)
   lines = ['| encoder | seeds | osteoporosis AUC (mean +- sd) | BMD R^2 (mean +- sd) |',
            '|---|---|---|---|']
@@ -65,7 +65,7 @@ def main():
     lines.append(f'| {method} | {len(rs)} | {auc.mean():.3f} +- {auc.std(ddof=1) if len(rs) > 1 else 0:.3f} '
                  f'| {r2.mean():.3f} +- {r2.std(ddof=1) if len(rs) > 1 else 0:.3f} |')
   text = '\n'.join(lines) + '\n'
-  with open(os.path.join(a.out, 'probe.md'), 'w') as f:
+  with open(os.path.join(a.out, 'probe.md'), 'w', encoding='utf-8') as f:
     f.write(text)
   print(text)
 

@@ -143,9 +143,9 @@ def main(argv=None):
       keypoints=list(evaluation.KEYPOINTS), machine=platform.machine(), cpus=os.cpu_count(),
       load_avg_1min=os.getloadavg()[0])
   md = evaluation.table_markdown(rows)
-  with open(os.path.join(args.out, 'table1.json'), 'w') as f:
+  with open(os.path.join(args.out, 'table1.json'), 'w', encoding='utf-8') as f:
     json.dump(table, f, indent=1)
-  with open(os.path.join(args.out, 'table1.md'), 'w') as f:
+  with open(os.path.join(args.out, 'table1.md'), 'w', encoding='utf-8') as f:
     f.write(f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {GENERATED}; '
             f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
             f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
@@ -197,10 +197,10 @@ def main(argv=None):
                 best_method=best, training_subject_mean_error_cm=means,
                 transferred_mask_dice_vs_true_training_masks=mask_dice,
                 unet_config=unet_config.get_config().to_dict(), results=results)
-    with open(os.path.join(args.out, 'dice.json'), 'w') as f:
+    with open(os.path.join(args.out, 'dice.json'), 'w', encoding='utf-8') as f:
       json.dump(dice, f, indent=1)
     dmd = _dice_markdown(results)
-    with open(os.path.join(args.out, 'dice.md'), 'w') as f:
+    with open(os.path.join(args.out, 'dice.md'), 'w', encoding='utf-8') as f:
       f.write(f'U-Net Dice (mean ± sd over {len(test_seg.images)} test MRIs, true MRI masks) '
               f'of {GENERATED}; trained on {n_u} training MRIs with the masks named; '
               f'transfer method {best} (lowest mean keypoint error on the training subjects, '

@@ -27,7 +27,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
   baselines.run_baselines(args.data, args.out, args.cache, progress=not args.quiet,
                           base=args.base)
-  with open(os.path.join(args.out, 'results.md')) as f:
+  with open(os.path.join(args.out, 'results.md'), encoding='utf-8') as f:
     print(f.read())
   return 0
 

@@ -83,7 +83,7 @@ def main():
         over['epochs'] = a.pretrain_epochs
       if not a.report_only:
         _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
-        open(os.path.join(wd, 'PRETRAIN_DONE'), 'w').close()
+        open(os.path.join(wd, 'PRETRAIN_DONE'), 'w', encoding='utf-8').close()
       pre_dirs[method, seed] = wd
   models = {row: [] for row in a.rows}
   for seed in a.seeds:            # seed-major: an interrupted grid covers every row
@@ -117,7 +117,7 @@ def main():
       f'{level} {metric.upper()} (test split, mean ± SD over seeds):\n\n'
       + diagnosis.compact_table(summary, metric, level)
       for level in diagnosis.LEVELS for metric in ('f1', 'auc'))
-  with open(os.path.join(a.out, 'results_compact.md'), 'w') as f:
+  with open(os.path.join(a.out, 'results_compact.md'), 'w', encoding='utf-8') as f:
     f.write(compact + '\n')
   print(compact, flush=True)
   print(f'[grid] {n_runs} runs reported in {(time.time() - t0) / 60:.1f} min; tables and ROC '

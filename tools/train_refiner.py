@@ -26,7 +26,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, 'config.json'), 'w') as f:
+  with open(os.path.join(FLAGS.workdir, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(FLAGS.config.to_json_best_effort(indent=1))
   refine.run(FLAGS.config, FLAGS.workdir)
 

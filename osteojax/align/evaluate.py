@@ -102,13 +102,13 @@ def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
              mri_channels=list(config.model.mri_channels),
              temperature=config.loss.temperature, seed=config.seed,
              data_seed=config.data.seed, metrics=m, pngs=pngs, generated_data=True)
-  with open(os.path.join(out_dir, f'eval_{split}.json'), 'w') as f:
+  with open(os.path.join(out_dir, f'eval_{split}.json'), 'w', encoding='utf-8') as f:
     json.dump(res, f, indent=1)
   md = (f'# Aligner evaluation ({split} split of generated BodySim data, N = {len(sim)}, '
         f'step {step})\n\n{HEADER}\n{markdown_row(name, m)}\n\nMRI -> DXA: R@1 '
         f'{100 * m["mri_to_dxa"]["recall@1"]:.1f} %, mean rank '
         f'{m["mri_to_dxa"]["mean_rank"]:.2f}.\n')
-  with open(os.path.join(out_dir, f'eval_{split}.md'), 'w') as f:
+  with open(os.path.join(out_dir, f'eval_{split}.md'), 'w', encoding='utf-8') as f:
     f.write(md)
   print(md, flush=True)
   return res

@@ -264,7 +264,7 @@ def run(config, workdir: str):
   res = evaluate(fn, config.perturb, *te, seed=d.seed + 2)
   res.update(data='generated feature-map pairs (osteojax.align.synthetic)', seed=config.seed,
              data_seed=d.seed)
-  with open(os.path.join(workdir, 'refine_eval.json'), 'w') as f:
+  with open(os.path.join(workdir, 'refine_eval.json'), 'w', encoding='utf-8') as f:
     json.dump(res, f, indent=1)
   print(json.dumps(res), flush=True)
   return res

@@ -509,9 +509,9 @@ def generate(out_dir: str, scale: int = 4, seed: int = 0, sizes: dict | None = N
         if progress and (k + 1) % 100 == 0:
           print(f'[bodysim] {k + 1}/{len(args)} subjects', flush=True)
     for split in sizes:
-      with open(os.path.join(tmp, f'truth_{split}.json'), 'w') as f:
+      with open(os.path.join(tmp, f'truth_{split}.json'), 'w', encoding='utf-8') as f:
         json.dump([r for r in rows if r['id'].startswith(split + '/')], f)
-    with open(os.path.join(tmp, MARKER), 'w') as f:
+    with open(os.path.join(tmp, MARKER), 'w', encoding='utf-8') as f:
       json.dump(info(scale, seed, sizes), f, indent=1)
   return out_dir
 

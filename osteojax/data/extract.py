@@ -169,6 +169,6 @@ def extract_rois(manifest_path, out_dir, convention, geometry: P.RoiGeometry = P
     out.to_csv(os.path.join(tmp, osteosim.MANIFEST), index=False)
     info = dict(source=os.path.abspath(str(manifest_path)), convention=convention,
                 geometry=dataclasses.asdict(geometry), n_rois=len(out), rois=centres)
-    with open(os.path.join(tmp, INFO), 'w') as f:
+    with open(os.path.join(tmp, INFO), 'w', encoding='utf-8') as f:
       json.dump(info, f, indent=1)
   return out

@@ -115,7 +115,7 @@ def generate(out_dir: str, scale: float = 0.05, seed: int = 0,
   info.update(n_rois=len(df), seconds=round(dt, 1),
               rois_per_s=round(len(df) / max(dt, 1e-9), 1),
               voxels_per_s=round(len(df) * voxels / max(dt, 1e-9)))
-  with open(os.path.join(partial, INFO), 'w') as f:
+  with open(os.path.join(partial, INFO), 'w', encoding='utf-8') as f:
     json.dump(info, f, indent=1)
   if os.path.exists(out_dir):
     shutil.rmtree(out_dir)

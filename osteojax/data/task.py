@@ -52,7 +52,7 @@ def run(config, workdir: str):
   full = cohort.sample_cohort(1.0, config.data.seed) if config.data.scale < 1 else None
   text = report.summary_markdown(df, info, full)
   print(text, flush=True)
-  with open(os.path.join(workdir, 'osteosim_summary.md'), 'w') as f:
+  with open(os.path.join(workdir, 'osteosim_summary.md'), 'w', encoding='utf-8') as f:
     f.write(text)
   png = figures.plot_osteosim(out, os.path.join(workdir, 'osteosim.png'))
   print(f'[osteosim] summary: {workdir}/osteosim_summary.md, figure: {png}', flush=True)

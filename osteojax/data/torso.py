@@ -276,6 +276,6 @@ def write_torso(torso, out_dir, fmt='nifti'):
       sitk.WriteImage(torso['ct'], ct_path, useCompression=True)
     sitk.WriteImage(torso['mask'], os.path.join(tmp, MASK_NAMES[fmt]), useCompression=True)
     manifest.to_csv(os.path.join(tmp, MANIFEST), index=False)
-    with open(os.path.join(tmp, TRUTH), 'w') as f:
+    with open(os.path.join(tmp, TRUTH), 'w', encoding='utf-8') as f:
       json.dump(torso['truth'], f, indent=1)
   return manifest

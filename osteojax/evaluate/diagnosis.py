@@ -473,10 +473,10 @@ def write_report(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], ou
   """
   summary = summarize(models, split, base)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'results.json.tmp'), 'w') as f:
+  with open(os.path.join(out_dir, 'results.json.tmp'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=1, allow_nan=False)
   os.replace(os.path.join(out_dir, 'results.json.tmp'), os.path.join(out_dir, 'results.json'))
-  with open(os.path.join(out_dir, 'results.md.tmp'), 'w') as f:
+  with open(os.path.join(out_dir, 'results.md.tmp'), 'w', encoding='utf-8') as f:
     f.write(markdown_report(summary, tuple(sites) + ('internal',)))
   os.replace(os.path.join(out_dir, 'results.md.tmp'), os.path.join(out_dir, 'results.md'))
   for level in LEVELS:
