@@ -118,7 +118,7 @@ def test_dense_runs_with_checkpoint(setup, capsys, tmp_path):
   assert np.isfinite(res['transform_mm']['translation']).all()
 
 
-def _one_line_error(rc, cap, *words):
+def _assert_one_line_error(rc, cap, *words):
   assert rc == 2
   lines = [ln for ln in cap.err.splitlines() if ln.strip()]
   assert len(lines) == 1 and lines[0].startswith('error:'), cap.err
@@ -132,10 +132,10 @@ def test_unreadable_file(setup, capsys, tmp_path):
   bad.write_bytes(b'not an image at all' * 20)
   rc, cap = _call(['--dxa', bad, '--mri', root / 'mri.nii', '--aligner', run,
                    '--out', tmp_path / 'o'], capsys)
-  _one_line_error(rc, cap, 'bad.nii')
+  _assert_one_line_error(rc, cap, 'bad.nii')
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', tmp_path / 'missing.nii', '--aligner',
                    run, '--out', tmp_path / 'o'], capsys)
-  _one_line_error(rc, cap, 'missing.nii', 'no such file')
+  _assert_one_line_error(rc, cap, 'missing.nii', 'no such file')
 
 
 def test_wrong_channels(setup, capsys, tmp_path):
@@ -144,7 +144,7 @@ def test_wrong_channels(setup, capsys, tmp_path):
   bodysim._write(three, str(tmp_path / 'dxa3.nii'), s['spacing_mm'], True)
   rc, cap = _call(['--dxa', tmp_path / 'dxa3.nii', '--mri', root / 'mri.nii', '--aligner', run,
                    '--out', tmp_path / 'o'], capsys)
-  _one_line_error(rc, cap, '3 channel', 'bone')
+  _assert_one_line_error(rc, cap, '3 channel', 'bone')
 
 
 def test_missing_checkpoint(setup, capsys, tmp_path):
@@ -155,7 +155,7 @@ def test_missing_checkpoint(setup, capsys, tmp_path):
     f.write((run / 'config.json').read_text())
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', empty,
                    '--out', tmp_path / 'o'], capsys)
-  _one_line_error(rc, cap, 'no checkpoint')
+  _assert_one_line_error(rc, cap, 'no checkpoint')
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner',
                    tmp_path / 'nowhere', '--out', tmp_path / 'o'], capsys)
-  _one_line_error(rc, cap, 'config.json')
+  _assert_one_line_error(rc, cap, 'config.json')
