@@ -114,7 +114,7 @@ def load_pretrained_encoder(pre_workdir: str, params, batch_stats, input_shape):
   path = os.path.join(pre_workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{pre_workdir}: no config.json; not a pre-training workdir')
-  with open(path) as f:
+  with open(path, encoding='utf-8') as f:
     pre_config = ml_collections.ConfigDict(json.load(f))
   _, variables = probe.load_encoder_state(pre_config, pre_workdir, input_shape)
   enc_p, enc_s = variables['params']['encoder'], variables['batch_stats']['encoder']
@@ -204,11 +204,11 @@ def load(workdir: str):
   for name in ('config.json', BMD_STATS):
     if not os.path.exists(os.path.join(workdir, name)):
       raise FileNotFoundError(f'{workdir}: no {name}; not a fine-tuning workdir')
-  with open(os.path.join(workdir, 'config.json')) as f:
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.task != 'finetune':
     raise ValueError(f'{workdir} is a {config.task!r} run, not a fine-tuning run')
-  with open(os.path.join(workdir, BMD_STATS)) as f:
+  with open(os.path.join(workdir, BMD_STATS), encoding='utf-8') as f:
     stats = json.load(f)
   model = build_model(config)
   template = init_variables(config, model, config.data.roi_shape)

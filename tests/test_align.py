@@ -134,11 +134,11 @@ def test_tiny_run_and_eval_cli(tmp_path):
                         '--out', str(out), '--table', str(out / 'table.md')], cwd=ROOT, env=env,
                        capture_output=True, encoding='utf-8', errors='replace', timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  r = json.load(open(out / 'run' / 'eval_test.json'))
+  r = json.load(open(out / 'run' / 'eval_test.json', encoding='utf-8'))
   assert r['n'] == 4 and 0 <= r['metrics']['auc'] <= 1 and r['step'] == 2
   for p in r['pngs']:
     assert os.path.getsize(p) > 1000
-  assert '| run |' in open(out / 'table.md').read()
+  assert '| run |' in open(out / 'table.md', encoding='utf-8').read()
   # different pixel spacing in one subject's MRI -> a one-line error, exit 2
   mri = data / 'test' / '00001' / 'mri.nii'
   import SimpleITK as sitk

@@ -186,7 +186,7 @@ def test_run_baselines_writes_tables(mini, tmp_path):
   for name in baselines.BASELINES:
     back = diagnosis.read_predictions(os.path.join(out, f'{name}.csv'))
     assert set(back.split) == {'valid', 'test'}
-  md = open(os.path.join(out, 'results.md')).read()
+  md = open(os.path.join(out, 'results.md'), encoding='utf-8').read()
   assert '| hu160 | 1 |' in md and '| oracle | 1 |' in md
   assert os.path.exists(os.path.join(out, 'roc_patient.png'))
 

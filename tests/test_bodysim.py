@@ -71,7 +71,7 @@ def test_generate_and_load(tmp_path):
   np.testing.assert_array_equal(d['mri_mask'][1], ref['mri_mask'])
   img = sitk.ReadImage(str(out / 'test' / '00000' / 'mri.nii'))
   assert img.GetNumberOfComponentsPerPixel() == 2 and img.GetSpacing() == pytest.approx((8.8, 8.8))
-  assert json.load(open(out / 'bodysim.json'))['geometry']['mri_shape'] == [125, 56]
+  assert json.load(open(out / 'bodysim.json', encoding='utf-8'))['geometry']['mri_shape'] == [125, 56]
   assert not [p for p in os.listdir(tmp_path) if p.startswith('.')]   # no staging left
   with pytest.raises(OsteoDataError, match="no split 'val'"):
     bodysim.load_pairs(str(out), 'val')

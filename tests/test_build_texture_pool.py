@@ -64,7 +64,7 @@ def test_builds_pool_matching_pyradiomics_and_second_run_is_noop(tool, tmp_path,
   manifest, rows = make_dataset(tmp_path)
   out = tmp_path / 'pool'
   assert run(tool, manifest, out) == 0
-  with open(out / 'pool_manifest.csv') as f:
+  with open(out / 'pool_manifest.csv', encoding='utf-8') as f:
     listed = list(csv.DictReader(f))
   assert [r['roi_id'] for r in listed] == ['v0', 'v1', 'v2']
   assert len({r['settings_hash'] for r in listed}) == 1
@@ -161,5 +161,5 @@ def test_keep_going_skips_bad_rows(tool, tmp_path):
   manifest = write_manifest(tmp_path / 'rois2.csv', rows)
   out = tmp_path / 'pool'
   assert run(tool, manifest, out, '--keep-going') == 1
-  with open(out / 'pool_manifest.csv') as f:
+  with open(out / 'pool_manifest.csv', encoding='utf-8') as f:
     assert [r['roi_id'] for r in csv.DictReader(f)] == ['v0', 'v1']

@@ -157,10 +157,10 @@ def test_write_report_tables_json_and_figures(tmp_path):
                                    base='model')
   for f in ('results.json', 'results.md', 'roc_vertebra.png', 'roc_patient.png'):
     assert (tmp_path / f).stat().st_size > 0
-  with open(tmp_path / 'results.json') as f:
+  with open(tmp_path / 'results.json', encoding='utf-8') as f:
     back = json.load(f)
   assert back['models']['model']['n_seeds'] == 2 and back['base'] == 'model'
-  md = (tmp_path / 'results.md').read_text()
+  md = (tmp_path / 'results.md').read_text(encoding='utf-8')
   assert '| A | model | 2 | 70.0 ± 14.1 |' in md            # A vertebra ACC of the two seeds
   assert 'base' in md and 'BMD' in md
   rows = {(r['level'], r['site']): r for r in summary['significance']['flat']}

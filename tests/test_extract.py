@@ -82,7 +82,7 @@ def test_round_trip(tmp_path, convention, flip):
   assert list(back.columns) == cohort.MANIFEST_COLUMNS + osteosim.PATH_COLUMNS
   assert back['roi_id'].tolist() == df['roi_id'].tolist()
   assert back[cohort.TRUTH_COLUMNS].isna().all().all()
-  with open(tmp_path / 'rois' / extract.INFO) as f:
+  with open(tmp_path / 'rois' / extract.INFO, encoding='utf-8') as f:
     assert json.load(f)['convention'] == convention
 
 

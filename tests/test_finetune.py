@@ -175,7 +175,7 @@ def test_predict_on_a_torso_ct(tiny_run, tmp_path):
                         '--sex', 'F', '--out', str(tmp_path / 'out')], capture_output=True,
                        encoding='utf-8', errors='replace', env=dict(os.environ, PYTHONPATH=ROOT))
   assert res.returncode == 0, res.stderr[-2000:]
-  with open(tmp_path / 'out' / 'prediction.json') as f:
+  with open(tmp_path / 'out' / 'prediction.json', encoding='utf-8') as f:
     rep = json.load(f)
   assert [v['level'] for v in rep['vertebrae']] == ['T12', 'L1', 'L2']
   for v in rep['vertebrae']:

@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
   cfg = align_config.get_config('tiny')
   run = root / 'aligner'
   os.makedirs(run)
-  with open(run / 'config.json', 'w') as f:
+  with open(run / 'config.json', 'w', encoding='utf-8') as f:
     f.write(cfg.to_json())
   g = bodysim.geometry(cfg.data.scale)
   model = align_train.build_model(cfg)
@@ -81,7 +81,7 @@ def test_outputs_match_library_and_resampling(setup, capsys, tmp_path, one_itk_t
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', run,
                    '--out', tmp_path / 'o', '--method', 'mi'], capsys)
   assert rc == 0, cap.err
-  with open(tmp_path / 'o' / 'transform.json') as f:
+  with open(tmp_path / 'o' / 'transform.json', encoding='utf-8') as f:
     res = json.load(f)
   t = res['transform_px']
   est = Rigid2D(np.deg2rad(t['angle_deg']), t['translation'], t['center'])
@@ -112,7 +112,7 @@ def test_dense_runs_with_checkpoint(setup, capsys, tmp_path):
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', run,
                    '--out', tmp_path / 'o'], capsys)
   assert rc == 0, cap.err
-  with open(tmp_path / 'o' / 'transform.json') as f:
+  with open(tmp_path / 'o' / 'transform.json', encoding='utf-8') as f:
     res = json.load(f)
   assert res['method'] == 'dense' and res['aligner_step'] == 1
   assert np.isfinite(res['transform_mm']['translation']).all()
@@ -151,8 +151,8 @@ def test_missing_checkpoint(setup, capsys, tmp_path):
   root, run, _ = setup
   empty = tmp_path / 'run'
   os.makedirs(empty)
-  with open(empty / 'config.json', 'w') as f:
-    f.write((run / 'config.json').read_text())
+  with open(empty / 'config.json', 'w', encoding='utf-8') as f:
+    f.write((run / 'config.json').read_text(encoding='utf-8'))
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', empty,
                    '--out', tmp_path / 'o'], capsys)
   _assert_one_line_error(rc, cap, 'no checkpoint')

@@ -45,7 +45,7 @@ def test_training_raises_dice(tmp_path):
   res, _ = segment.train_and_evaluate(config, str(tmp_path), train, test)
   after = res['dice']['mean_foreground']['mean']
   assert before < 0.3 and after > 0.5, (before, after)
-  saved = json.load(open(tmp_path / 'dice.json'))
+  saved = json.load(open(tmp_path / 'dice.json', encoding='utf-8'))
   assert saved['dice']['mean_foreground']['mean'] == after
 
 

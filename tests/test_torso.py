@@ -92,7 +92,7 @@ def test_write_formats(tmp_path):
     assert ct.GetOrigin() == pytest.approx(made['ct'].GetOrigin(), abs=1e-4)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ct),
                                   sitk.GetArrayViewFromImage(made['ct']))
-    with open(out / 'truth.json') as f:
+    with open(out / 'truth.json', encoding='utf-8') as f:
       assert json.load(f)['vertebrae'][0]['level'] == 'T11'
   assert [p for p in os.listdir(tmp_path) if p.startswith('.')] == []
 

@@ -86,7 +86,7 @@ def main(argv=None):
   for table, label, name, seed, over in plan:          # collect
     res = os.path.join(args.root, name, 'eval_test.json')
     if os.path.exists(res):
-      with open(res) as f:
+      with open(res, encoding='utf-8') as f:
         done[name] = json.load(f)
   lines, table_json = [], {}
   for table, title in (('channels', 'Channel subsets (tau 0.01)'),

@@ -26,7 +26,7 @@ def main():
   args = ap.parse_args()
   geometry = P.RoiGeometry((args.shape,) * 3, args.spacing, args.supersample)
   df = osteosim.generate(args.out, args.scale, args.seed, geometry, args.workers)
-  with open(os.path.join(args.out, osteosim.INFO)) as f:
+  with open(os.path.join(args.out, osteosim.INFO), encoding='utf-8') as f:
     print(report.summary_markdown(df, json.load(f)))
 
 

@@ -189,7 +189,7 @@ def load_encoders(workdir: str, step: int | None = None):
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise OsteoDataError(workdir, 'no config.json: not an aligner run folder')
-  with open(path) as f:
+  with open(path, encoding='utf-8') as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.get('task') != 'align':
     raise OsteoDataError(path, f'task is {config.get("task")!r}, not align')

@@ -482,7 +482,7 @@ def info(scale, seed, sizes) -> dict:
 
 def is_current(out_dir, scale, seed, sizes) -> bool:
   try:
-    with open(os.path.join(out_dir, MARKER)) as f:
+    with open(os.path.join(out_dir, MARKER), encoding='utf-8') as f:
       return json.load(f) == json.loads(json.dumps(info(scale, seed, sizes)))
   except (OSError, ValueError):
     return False
@@ -572,7 +572,7 @@ def load_pairs(data_dir: str, split: str, limit: int | None = None) -> dict:
   tpath = os.path.join(data_dir, f'truth_{split}.json')
   if not os.path.exists(tpath):
     raise OsteoDataError(data_dir, f'no split {split!r} in this data set')
-  with open(tpath) as f:
+  with open(tpath, encoding='utf-8') as f:
     truth = json.load(f)[:limit]
   if not truth:
     raise OsteoDataError(tpath, f'split {split!r} is empty')

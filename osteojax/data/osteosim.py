@@ -71,7 +71,7 @@ def is_current(out_dir, scale, seed, geometry, labeled_scale=None) -> bool:
   path = os.path.join(out_dir, INFO)
   if not (os.path.exists(path) and os.path.exists(os.path.join(out_dir, MANIFEST))):
     return False
-  with open(path) as f:
+  with open(path, encoding='utf-8') as f:
     info = json.load(f)
   want = _info(scale, seed, geometry, labeled_scale)
   return all(info.get(k) == v for k, v in want.items()) and \

@@ -47,7 +47,7 @@ def run(config, workdir: str):
         f'{"" if lscale is None else f", labeled scale {lscale}"}, seed {config.data.seed}, '
         f'ROI {geometry.shape} at {geometry.spacing_mm} mm)', flush=True)
   df = generate(config)
-  with open(os.path.join(out, osteosim.INFO)) as f:
+  with open(os.path.join(out, osteosim.INFO), encoding='utf-8') as f:
     info = json.load(f)
   full = cohort.sample_cohort(1.0, config.data.seed) if config.data.scale < 1 else None
   text = report.summary_markdown(df, info, full)

@@ -135,7 +135,7 @@ def atomic_write(path: str, write) -> None:
 
 def sidecar_key(out: str, roi_id: str) -> Optional[str]:
   try:
-    with open(os.path.join(out, roi_id + '.json')) as f:
+    with open(os.path.join(out, roi_id + '.json'), encoding='utf-8') as f:
       return json.load(f).get('key')
   except (OSError, ValueError):
     return None
@@ -155,7 +155,7 @@ def write_manifest(out: str, rows: List[Dict[str, str]]) -> bool:
             for r in rows]
   text = '\n'.join(lines) + '\n'
   try:
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
       if f.read() == text:
         return False
   except OSError:
