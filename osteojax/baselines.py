@@ -232,9 +232,8 @@ def radiomics_features(data_dir: str, rows: pd.DataFrame, cache_dir: str | None 
     table = cache if table is None else pd.concat([cache.drop(table.index, errors='ignore'),
                                                    table])
   if path and new:
-    tmp = path + '.tmp'
-    table.reset_index().to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with dio.atomic_path(path) as tmp:
+      table.reset_index().to_csv(tmp, index=False)
   out = table.loc[rows.roi_id.to_numpy()].reset_index()
   return out.drop(columns='fingerprint')
 

@@ -137,7 +137,5 @@ def plot_report(report: dict, x: np.ndarray, path: str) -> str:
 def write_report(report: dict, x: np.ndarray, out_dir: str) -> tuple[str, str]:
   os.makedirs(out_dir, exist_ok=True)
   js = os.path.join(out_dir, 'prediction.json')
-  with open(js + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=1)
-  os.replace(js + '.tmp', js)
+  io.atomic_write_text(js, json.dumps(report, indent=1))
   return js, plot_report(report, x, os.path.join(out_dir, 'prediction.png'))

@@ -5,7 +5,6 @@ Every task is reached through `python -m osteojax.main`; a new task adds one lin
 from __future__ import annotations
 
 import importlib
-import json
 import os
 
 TASKS = {

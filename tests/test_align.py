@@ -136,6 +136,7 @@ def test_tiny_run_and_eval_cli(tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   r = json.load(open(out / 'run' / 'eval_test.json', encoding='utf-8'))
   assert r['n'] == 4 and 0 <= r['metrics']['auc'] <= 1 and r['step'] == 2
+  assert r['placement']['pairs'] == 4 and 0 <= r['placement']['within_one_cell'] <= 1
   for p in r['pngs']:
     assert os.path.getsize(p) > 1000
   assert '| run |' in open(out / 'table.md', encoding='utf-8').read()
@@ -168,3 +169,18 @@ def test_eval_cli_bad_workdir_one_line(tmp_path, capsys):
   (tmp_path / 'config.json').write_text('{"task": "align"}')
   assert run_cli(eval_align.main, ['--workdir', str(tmp_path)]) == 2
   assert 'no checkpoint' in capsys.readouterr().err
+
+
+def test_align_tables_plan():
+  """The shift sweep is evaluated on the validation split only (it chooses the default); the
+  paper's tables on test, at their own step count and translation."""
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import align_tables
+  plan = align_tables.runs([0, 1], ('shift',))
+  assert [r[2] for r in plan] == [f'shift{k}_seed{s}' for k in align_tables.SHIFTS for s in (0, 1)]
+  assert all('--config.eval_split=val' in r[4] for r in plan)
+  assert align_tables.result_path('R', 'shift', 'shift8_seed0').endswith('eval_val.json')
+  both = align_tables.runs([0], ('channels', 'temperature'))
+  assert len(both) == len(align_tables.CHANNELS) + 1 + len(align_tables.TEMPERATURES)
+  assert not any('eval_split' in o for r in both for o in r[4])
+  assert align_tables.result_path('R', 'temperature', 'tau0.05_seed0').endswith('eval_test.json')

@@ -12,7 +12,6 @@ import SimpleITK as sitk
 from osteojax import baselines
 from osteojax.data import cohort, oracle, osteosim, phantom
 from osteojax.data import params as P
-from osteojax.data.io import OsteoDataError
 from osteojax.evaluate import diagnosis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,5 @@
 """The oracle's analytic posterior against Monte Carlo draws of the generator's own DXA noise."""
 import numpy as np
-import pandas as pd
 import pytest
 
 from osteojax.data import cohort, oracle

@@ -8,7 +8,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav

@@ -159,3 +159,38 @@ def test_missing_checkpoint(setup, capsys, tmp_path):
   rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner',
                    tmp_path / 'nowhere', '--out', tmp_path / 'o'], capsys)
   _assert_one_line_error(rc, cap, 'config.json')
+
+
+@pytest.mark.slow
+def test_registration_table_one_command(setup, tmp_path):
+  """tools/registration_table.py end to end at tiny size: Table 1 analog, Dice table and the
+  timing JSON from one command, on an untrained aligner (the numbers mean nothing here; the
+  files and their rows are what is checked)."""
+  import subprocess
+  _, run, _ = setup
+  cfg = json.load(open(run / 'config.json', encoding='utf-8'))
+  cfg['data']['dir'] = str(tmp_path / 'bodysim')
+  aligner = tmp_path / 'aligner'
+  os.makedirs(aligner)
+  for name in os.listdir(run):
+    if name != 'config.json':
+      os.symlink(run / name, aligner / name)
+  with open(aligner / 'config.json', 'w', encoding='utf-8') as f:
+    json.dump(cfg, f)
+  out = tmp_path / 'out'
+  res = subprocess.run(
+      [sys.executable, 'tools/registration_table.py', '--aligner', str(aligner), '--out', str(out),
+       '--test-pairs', '4', '--refine-pairs', '2', '--refine-steps', '2', '--mi-pairs', '2',
+       '--unet-train', '8', '--unet-steps', '2', '--bench-pairs', '1', '--overlay-pairs', '1'],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, encoding='utf-8',
+      errors='replace', timeout=900)
+  assert res.returncode == 0, res.stderr[-3000:]
+  table = json.load(open(out / 'table1.json', encoding='utf-8'))
+  assert table['pairs'] == 4
+  assert {'identity', 'mattes_mi', 'dense', 'salient', 'floor'} <= {r['method'] for r in table['rows']}
+  dice = json.load(open(out / 'dice.json', encoding='utf-8'))
+  assert len(dice['results']) == 3
+  bench = json.load(open(out / 'bench_registration.json', encoding='utf-8'))
+  assert [r['scale'] for r in bench['runs']] == [1, 4]
+  assert bench['runs'][0]['dxa_image'] == [800, 300]
+  assert os.path.getsize(out / 'overlays.png') > 1000

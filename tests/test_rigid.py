@@ -125,3 +125,13 @@ def test_ratio_test_subcell_position():
   m = rigid.ratio_test_matches(src, tgt, (1, 9), 0.9, exclude_radius=1.5, subcell=True)
   assert m.tgt_index.tolist() == [4]
   assert abs(m.tgt_xy[0, 0] - x0) < 0.02 and m.tgt_xy[0, 1] == 0.0
+
+
+def test_ransac_trials():
+  """The adaptive stop: log(1 - p) / log(1 - w^2) hypotheses, by hand; none needed at w = 1,
+  never stop while no hypothesis has an inlier (w = 0: an earlier version divided by log(1) and
+  stopped after the first chunk)."""
+  assert rigid.ransac_trials(0.5, 0.999) == pytest.approx(np.log(0.001) / np.log(0.75))
+  assert rigid.ransac_trials(1.0, 0.999) == 0
+  assert rigid.ransac_trials(0.0, 0.999) == float('inf')
+  assert rigid.ransac_trials(0.1, 0.999) > rigid.ransac_trials(0.2, 0.999)

@@ -106,3 +106,24 @@ def test_bad_spec():
     make(device='norland')
   with pytest.raises(labels.LabelError, match="'L6' has no label in the totalseg"):
     make(first='L5', last='L6')
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+  """io.atomic_path: the target is either its old self or complete; the temporary name keeps
+  the extension (so writers that choose a format by it work) and is gone afterwards."""
+  path = tmp_path / 'sub' / 'img.nii.gz'
+  img = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+  with io.atomic_path(path) as tmp:
+    assert tmp.endswith('img.nii.gz') and io.TMP_TAG in os.path.basename(tmp)
+    sitk.WriteImage(img, tmp, useCompression=True)
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
+                                sitk.GetArrayFromImage(img))
+  text = tmp_path / 'a.json'
+  io.atomic_write_text(text, '{"v": 1}')
+  with pytest.raises(RuntimeError):
+    with io.atomic_path(text) as tmp:
+      open(tmp, 'w', encoding='utf-8').write('{"v": ')     # killed half-way
+      raise RuntimeError('interrupted')
+  assert json.loads(text.read_text(encoding='utf-8')) == {'v': 1}
+  assert sorted(os.listdir(tmp_path)) == ['a.json', 'sub']
+  assert os.listdir(tmp_path / 'sub') == ['img.nii.gz']

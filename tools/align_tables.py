@@ -1,11 +1,18 @@
-"""Channel-subset and temperature tables of the aligner (the paper's Tables 2-3) at CPU scale.
+"""Channel-subset and temperature tables of the aligner (the paper's Tables 2-3) at CPU scale,
+and the translation-augmentation sweep that chose the default `augment.shift_px`.
 
 Trains every run through `python -m osteojax.main --config configs/align.py` (each in
-<root>/<name>_seed<k>, skipped when its eval_test.json already exists, so the tool resumes),
-then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric, on the
-generated BodySim test split.
+<root>/<name>_seed<k>, skipped when its eval_<split>.json already exists, so the tool resumes),
+then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
 
-  python tools/align_tables.py --root runs/align_tables --seeds 0,1 --steps 150
+- channels, temperature: evaluated on the generated BodySim test split, `--steps` per run,
+  translation augmentation `--shift-px` (1 px, the value these tables were measured at).
+- shift: `augment.shift_px` in SHIFTS at the default's full step count, evaluated on the
+  *validation* split only (retrieval and where the aligner's correlation places each MRI map,
+  which registration needs): the sweep that chose the default.
+
+  python tools/align_tables.py --root runs/align_tables --seeds 0,1 --steps 150 --shift-px 1
+  python tools/align_tables.py --root runs/align_shift --tables shift --seeds 0,1
 """
 from __future__ import annotations
 
@@ -29,10 +36,16 @@ CHANNELS = [   # (name, DXA channels, MRI channels): the paper's Table 2 rows + 
     ('BT_FW', ('bone', 'tissue'), ('fat', 'water')),
 ]
 TEMPERATURES = (0.1, 0.05, 0.01, 0.005, 0.001)
+SHIFTS = (1, 8, 16)            # pixels at the CPU default's 8.8 mm (one map cell is 8 pixels)
 KEYS = ('recall@1', 'recall@5', 'recall@10', 'mean_rank', 'auc', 'eer', 'tpr_at_fpr')
+PLACEMENT_KEYS = ('within_one_cell', 'mean_distance_cells', 'peak_in_top_row')
+TITLES = dict(channels='Channel subsets (tau 0.01)',
+              temperature='Temperature (DXA bone+tissue, MRI fat+water)',
+              shift='Translation augmentation (validation split; default steps)')
+SPLIT = dict(channels='test', temperature='test', shift='val')
 
 
-def runs(seeds):
+def runs(seeds, tables=tuple(TITLES)):
   """(table, row label, run name, seed, overrides) of every run; the seeds of one row follow
   each other, channel rows first, so a cut-short sweep still gives whole rows."""
   rows = [('channels', name, name, [f'--config.model.dxa_channels={d!r}',
@@ -41,8 +54,14 @@ def runs(seeds):
   rows.append(('channels', 'pooled baseline (BT_FW)', 'pooled', ['--config.model.encoder=pooled']))
   rows += [('temperature', f'tau={t:g}', 'BT_FW' if t == 0.01 else f'tau{t:g}',
             [f'--config.loss.temperature={t}']) for t in TEMPERATURES]
+  rows += [('shift', f'shift_px={k}', f'shift{k}', [f'--config.augment.shift_px={k}',
+                                                  '--config.eval_split=val']) for k in SHIFTS]
   return [(table, label, f'{name}_seed{seed}', seed, over)
-          for table, label, name, over in rows for seed in seeds]
+          for table, label, name, over in rows if table in tables for seed in seeds]
+
+
+def result_path(root, table, name):
+  return os.path.join(root, name, f'eval_{SPLIT[table]}.json')
 
 
 def fmt(vals, key):
@@ -57,24 +76,35 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--root', default='runs/align_tables')
   p.add_argument('--seeds', default='0,1')
-  p.add_argument('--steps', type=int, default=150)
+  p.add_argument('--steps', type=int, default=150,
+                 help='steps per run of the channel and temperature tables')
+  p.add_argument('--shift-px', type=int, default=1,
+                 help='translation augmentation of the channel and temperature tables')
+  p.add_argument('--tables', default='channels,temperature',
+                 help=f'comma list of {",".join(TITLES)}')
   p.add_argument('--only', default='',
                  help='comma list of run names to train, in this order (others: only read)')
   p.add_argument('--report-only', action='store_true', help='only collect finished runs')
   args = p.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(',')]
-  plan = runs(seeds)
+  tables = [t for t in args.tables.split(',') if t]
+  unknown = set(tables) - set(TITLES)
+  if unknown:
+    p.error(f'unknown table(s) {sorted(unknown)}; choose from {",".join(TITLES)}')
+  plan = runs(seeds, tables)
   only = [n for n in args.only.split(',') if n]
   order = sorted(plan, key=lambda r: only.index(r[2]) if r[2] in only else len(only))
   for table, label, name, seed, over in order:       # train (in --only order when given)
     work = os.path.join(args.root, name)
-    res = os.path.join(work, 'eval_test.json')
-    if os.path.exists(res) or args.report_only or (only and name not in only):
+    if (os.path.exists(result_path(args.root, table, name)) or args.report_only
+        or (only and name not in only)):
       continue
     t = time.time()
+    sized = [] if table == 'shift' else [f'--config.steps={args.steps}',
+                                         f'--config.ckpt_every={args.steps}',
+                                         f'--config.augment.shift_px={args.shift_px}']
     cmd = [sys.executable, '-m', 'osteojax.main', '--config', 'configs/align.py',
-           '--workdir', work, f'--config.seed={seed}', f'--config.steps={args.steps}',
-           f'--config.ckpt_every={args.steps}'] + over
+           '--workdir', work, f'--config.seed={seed}'] + sized + over
     print(' '.join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding='utf-8', errors='replace')
     os.makedirs(args.root, exist_ok=True)
@@ -84,16 +114,17 @@ def main(argv=None):
                          else f'{time.time() - t:.0f} s'), flush=True)
   done = {}
   for table, label, name, seed, over in plan:          # collect
-    res = os.path.join(args.root, name, 'eval_test.json')
+    res = result_path(args.root, table, name)
     if os.path.exists(res):
       with open(res, encoding='utf-8') as f:
         done[name] = json.load(f)
   lines, table_json = [], {}
-  for table, title in (('channels', 'Channel subsets (tau 0.01)'),
-                       ('temperature', 'Temperature (DXA bone+tissue, MRI fat+water)')):
-    lines += [f'### {title}', '',
-              '| input | seeds | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | '
-              'TPR@FPR=1% |', '|---|---|---|---|---|---|---|---|---|']
+  for table in tables:
+    place = table == 'shift'
+    lines += [f'### {TITLES[table]}', '',
+              '| input | seeds | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | TPR@FPR=1% |'
+              + (' within 1 cell % | cells off | top row % |' if place else ''),
+              '|---|---|---|---|---|---|---|---|---|' + ('---|---|---|' if place else '')]
     labels = list(dict.fromkeys(lab for tb, lab, *_ in plan if tb == table))
     for lab in labels:
       names = [n for tb, lb, n, *_ in plan if tb == table and lb == lab and n in done]
@@ -101,19 +132,26 @@ def main(argv=None):
         continue
       ms = [done[n]['metrics'] for n in names]
       seeds_done = [done[n]['seed'] for n in names]
-      table_json.setdefault(table, {})[lab] = {k: [m[k] for m in ms] for k in KEYS}
-      table_json[table][lab]['seeds'] = seeds_done
-      lines.append(f'| {lab} | {",".join(map(str, seeds_done))} | '
-                   + ' | '.join(fmt([m[k] for m in ms], k) for k in KEYS) + ' |')
+      row = {k: [m[k] for m in ms] for k in KEYS}
+      cells = [fmt(row[k], k) for k in KEYS]
+      if place:
+        pl = [done[n]['placement'] for n in names]
+        row.update({k: [q[k] for q in pl] for k in PLACEMENT_KEYS})
+        cells += [fmt(row['within_one_cell'], 'eer'), fmt(row['mean_distance_cells'], 'mean_rank'),
+                  fmt(row['peak_in_top_row'], 'eer')]
+      table_json.setdefault(table, {})[lab] = dict(row, seeds=seeds_done,
+                                                   n=done[names[0]]['n'])
+      lines.append(f'| {lab} | {",".join(map(str, seeds_done))} | ' + ' | '.join(cells) + ' |')
     lines.append('')
-  n = next(iter(done.values()))['n'] if done else 0
-  head = (f'Generated BodySim test split (N = {n} pairs), {args.steps} training steps per run; '
-          f'mean ± sd over seeds (model init, batch order, augmentation; the data is fixed).\n')
+  head = (f'Generated BodySim data; channel and temperature rows: test split, {args.steps} '
+          f'training steps, shift_px {args.shift_px}; shift rows: validation split, the '
+          f'default\'s steps. Mean ± sd over seeds (model init, batch order, augmentation; the '
+          f'data is fixed).\n')
   os.makedirs(args.root, exist_ok=True)
   with open(os.path.join(args.root, 'align_tables.md'), 'w', encoding='utf-8') as f:
     f.write(head + '\n' + '\n'.join(lines))
   with open(os.path.join(args.root, 'align_tables.json'), 'w', encoding='utf-8') as f:
-    json.dump(dict(steps=args.steps, tables=table_json), f, indent=1)
+    json.dump(dict(steps=args.steps, shift_px=args.shift_px, tables=table_json), f, indent=1)
   print(head + '\n' + '\n'.join(lines))
   return 0
 

@@ -157,7 +157,8 @@ def bench_bodysim(args, scale):
   rst = refine.init_state(rcfg, rmodel, fms[0].shape, 1)
   refine_fn = refine.make_refine_fn(rmodel, {'params': rst.params,
                                              'batch_stats': rst.batch_stats}, rcfg)
-  methods = br.method_table(spacing, refine_fn, ('water', 'tissue'))
+  methods = br.method_table(spacing, refine_fn, ('water', 'tissue'),
+                            salient_kw=dict(ratio=args.salient_ratio))
   drop = ('identity', 'floor') + (('mattes_mi',) if args.skip_mi else ())
   methods = {k: v for k, v in methods.items() if k not in drop}
   res = {'encode_both': _summary(enc[1:], enc[0])}
@@ -184,15 +185,27 @@ def main(argv=None):
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--noise', type=float, default=0.5, help='source map noise (x field sd)')
   ap.add_argument('--skip-mi', action='store_true')
+  ap.add_argument('--salient-ratio', type=float, default=0.9, help="Lowe's ratio (bodysim data)")
   args = ap.parse_args(argv)
+  print(json.dumps(report(args)))
+
+
+def report(args) -> dict:
+  """The benchmark's JSON object for parsed arguments (also used by registration_table.py)."""
   if args.data == 'synthetic':
     out = bench_synthetic(args)
   else:
     out = dict(runs=[bench_bodysim(args, s) for s in args.scales])
-  print(json.dumps(dict(
-      bench='registration', pairs=args.pairs, seed=args.seed, **out,
-      device=str(jax.devices()[0]), jax=jax.__version__, cpus=os.cpu_count(),
-      machine=platform.machine(), load_avg_1min=os.getloadavg()[0])))
+  return dict(bench='registration', pairs=args.pairs, seed=args.seed, **out,
+              device=str(jax.devices()[0]), jax=jax.__version__, cpus=os.cpu_count(),
+              machine=platform.machine(), load_avg_1min=os.getloadavg()[0])
+
+
+def bodysim_args(aligner: str, scales=(1, 4), pairs: int = 10, seed: int = 0,
+                 salient_ratio: float = 0.9):
+  """Arguments of a BodySim benchmark run (as the command line would give them)."""
+  return argparse.Namespace(data='bodysim', aligner=aligner, scales=list(scales), pairs=pairs,
+                            seed=seed, noise=0.5, skip_mi=False, salient_ratio=salient_ratio)
 
 
 if __name__ == '__main__':

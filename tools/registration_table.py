@@ -5,9 +5,11 @@
       --unet-seeds 0 1          # Dice table over two U-Net seeds
 
 Stages (all on generated BodySim data, the aligner's own data set):
-1. Refinement regressor (configs/refine.py) trained on the first 50 training pairs the salient
+1. Lowe's ratio of the salient method (of 0.8, 0.9, 0.95, 0.98) and the MI channel pair (MRI
+   fat / water vs DXA bone / tissue), each the one with the lowest mean keypoint error on the
+   first 20 training pairs.
+2. Refinement regressor (configs/refine.py) trained on the first 50 training pairs the salient
    method aligns (the paper's recipe), perturbed copies drawn on the fly.
-2. MI channel pair (MRI fat / water vs DXA bone / tissue) chosen on 20 training pairs.
 3. Table 1 analog on the test split (100 pairs): keypoint transfer error (cm) per method for
    hip joints, S1, shoulder joints, median and mean +- sd over all; seconds per pair on this
    machine (registration only; encoding both scans is timed apart). -> table1.json / .md,
@@ -17,6 +19,9 @@ Stages (all on generated BodySim data, the aligner's own data set):
    masks onto their MRIs. U-Nets (configs/unet.py) train on MRI with (a) those masks, (b) the
    true MRI masks, (c) masks moved by the identity; Dice per class against the true MRI masks
    of the test subjects. -> dice.json / .md (skipped with --unet-seeds none).
+5. Timings at the paper's resolution and at the CPU default's (tools/bench_registration.py on
+   --bench-pairs generated pairs per scale, this aligner) -> bench_registration.json
+   (skipped with --bench-pairs 0).
 """
 from __future__ import annotations
 
@@ -33,7 +38,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
+import bench_registration  # noqa: E402
 import refine as refine_config  # noqa: E402
 import unet as unet_config  # noqa: E402
 
@@ -78,12 +85,15 @@ def main(argv=None):
   ap.add_argument('--refine-steps', type=int, default=None, help='default: configs/refine.py')
   ap.add_argument('--refine-min-inliers', type=int, default=10,
                   help='LMedS inliers a salient-aligned training pair needs to be kept')
-  ap.add_argument('--mi-pairs', type=int, default=20)
+  ap.add_argument('--mi-pairs', type=int, default=20,
+                  help="training pairs that choose the MI channels and the salient method's ratio")
   ap.add_argument('--unet-train', type=int, default=200, help='U-Net training subjects')
   ap.add_argument('--unet-steps', type=int, default=None, help='default: configs/unet.py')
   ap.add_argument('--unet-seeds', nargs='+', default=['0'],
                   help="U-Net seeds, or 'none' to skip the Dice table")
   ap.add_argument('--overlay-pairs', type=int, default=3)
+  ap.add_argument('--bench-pairs', type=int, default=10,
+                  help='timed pairs per scale for bench_registration.json (0: skip)')
   args = ap.parse_args(argv)
   t_start = time.time()
   model, variables, acfg, step = align_train.load_encoders(args.aligner)
@@ -106,7 +116,15 @@ def main(argv=None):
   fd_te, fm_te = br.embed_pairs(model, variables, acfg, test)
   encode_s = (time.perf_counter() - t0) / len(test['dxa'])
 
-  # 1. refinement regressor on salient-aligned training pairs
+  # 1. Lowe's ratio of the salient method and the MI channels, chosen on training pairs
+  tr_pairs = br.make_pairs(train, fd_tr, fm_tr)
+  ratio, ratio_scores = br.choose_salient_ratio(tr_pairs[:args.mi_pairs], spacing)
+  salient_kw = dict(ratio=ratio)
+  print(f'[registration] salient ratio {ratio} (training mean cm {ratio_scores})', flush=True)
+  mi_channels, mi_scores = br.choose_mi_channels(tr_pairs[:args.mi_pairs], spacing)
+  print(f'[registration] MI channels {mi_channels} (training mean cm {mi_scores})', flush=True)
+
+  # 2. refinement regressor on salient-aligned training pairs
   rcfg = refine_config.get_config()
   if args.refine_steps:
     rcfg.steps = args.refine_steps
@@ -114,19 +132,15 @@ def main(argv=None):
   tried = 2 * args.refine_pairs
   try:
     refine_fn, refine_info = br.train_refiner(rcfg, rdir, fm_tr[:tried], fd_tr[:tried],
-                                              args.refine_pairs, args.refine_min_inliers)
+                                              args.refine_pairs, args.refine_min_inliers,
+                                              salient_kw)
   except ValueError as e:      # too few salient-aligned pairs: no refinement row
     refine_fn, refine_info = None, dict(trained=False, reason=str(e))
   print(f'[registration] refiner: {refine_info}', flush=True)
 
-  # 2. MI channels on training pairs
-  tr_pairs = br.make_pairs(train, fd_tr, fm_tr)
-  mi_channels, mi_scores = br.choose_mi_channels(tr_pairs[:args.mi_pairs], spacing)
-  print(f'[registration] MI channels {mi_channels} (training mean cm {mi_scores})', flush=True)
-
   # 3. Table 1 analog
   failures = collections.Counter()
-  methods = br.method_table(spacing, refine_fn, mi_channels, failures)
+  methods = br.method_table(spacing, refine_fn, mi_channels, failures, salient_kw=salient_kw)
   te_pairs = br.make_pairs(test, fd_te, fm_te)
   placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs])
   print(f'[registration] aligner placement on the test pairs: {placement}', flush=True)
@@ -138,6 +152,7 @@ def main(argv=None):
       aligner=dict(workdir=args.aligner, step=int(step), config=acfg.to_dict()),
       encode_seconds_per_pair=encode_s, refiner=refine_info, aligner_placement=placement,
       mi_channels=dict(mri=mi_channels[0], dxa=mi_channels[1], training_mean_cm=mi_scores),
+      salient_ratio=dict(ratio=ratio, training_mean_cm={str(k): v for k, v in ratio_scores.items()}),
       failures_fell_back_to_identity=test_failures, rows=rows,
       per_pair_errors_cm={k: np.round(v, 4).tolist() for k, v in errors.items()},
       keypoints=list(evaluation.KEYPOINTS), machine=platform.machine(), cpus=os.cpu_count(),
@@ -206,6 +221,17 @@ def main(argv=None):
               f'transfer method {best} (lowest mean keypoint error on the training subjects, '
               f'{means[best]:.2f} cm).\n\n' + dmd + '\n')
     print(dmd, flush=True)
+
+  # 5. timings at the paper's resolution
+  if args.bench_pairs:
+    bench = bench_registration.report(bench_registration.bodysim_args(
+        args.aligner, pairs=args.bench_pairs, salient_ratio=ratio))
+    with open(os.path.join(args.out, 'bench_registration.json'), 'w', encoding='utf-8') as f:
+      json.dump(bench, f, indent=1)
+    for run in bench['runs']:
+      print(f'[registration] scale {run["scale"]} seconds per pair (median): '
+            + ', '.join(f'{k} {v["median_s"]:.3f}' for k, v in run['results'].items()),
+            flush=True)
   print(f'[registration] done in {time.time() - t_start:.0f} s -> {args.out}', flush=True)
 
 

@@ -92,6 +92,23 @@ def choose_mi_channels(pairs, spacing_mm: float) -> tuple[tuple[str, str], dict]
   return tuple(best.split('/')), scores
 
 
+SALIENT_RATIOS = (0.8, 0.9, 0.95, 0.98)
+
+
+def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS) -> tuple[float, dict]:
+  """Lowe's ratio for the salient method with the lowest mean keypoint error on `pairs`
+  (training pairs, never the test pairs; a failed registration counts as the identity).
+
+  The best ratio depends on how distinct the aligner's cells are: a strict ratio keeps few
+  matches, a loose one many wrong ones. -> (best, {ratio: mean cm})."""
+  scores = {}
+  for r in ratios:
+    f = method_table(spacing_mm, salient_kw=dict(ratio=r))['salient']
+    e, _, _ = evaluation.run_methods(pairs, {'salient': f}, spacing_mm, warmup=False)
+    scores[r] = float(np.mean(e['salient']))
+  return min(scores, key=scores.get), scores
+
+
 def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'),
                  failures: collections.Counter | None = None, dense_kw=None,
                  salient_kw=None) -> dict:
@@ -127,10 +144,11 @@ def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'
 
 # ------------------------------------------------------------------------------------ refiner
 def train_refiner(config, workdir: str, mri_maps, dxa_maps, pairs: int = 50,
-                  min_inliers: int = 10):
-  """Refinement regressor on the first `pairs` training pairs the salient method aligns
-  (>= min_inliers LMedS inliers). -> (refine_fn, info dict)."""
-  params, kept = refine.salient_aligned(mri_maps, dxa_maps, min_inliers=min_inliers)
+                  min_inliers: int = 10, salient_kw=None):
+  """Refinement regressor on the first `pairs` training pairs the salient method (with
+  salient_kw) aligns (>= min_inliers LMedS inliers). -> (refine_fn, info dict)."""
+  params, kept = refine.salient_aligned(mri_maps, dxa_maps, min_inliers=min_inliers,
+                                        **dict(salient_kw or {}))
   if len(kept) < 2:
     raise ValueError(f'the salient method aligned only {len(kept)} training pairs')
   params, kept = params[:pairs], kept[:pairs]

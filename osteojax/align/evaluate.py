@@ -32,14 +32,24 @@ def scores(sim) -> dict:
 
 def similarity_of_run(workdir: str, split: str = 'test', data_dir: str | None = None,
                       limit: int | None = None):
-  """(sim [N, N], config, step) of the checkpoint in workdir on a BodySim split."""
+  """(sim [N, N], config, step, placement) of the checkpoint in workdir on a BodySim split.
+
+  placement: for spatial encoders, where the aligner's own correlation puts each MRI map on
+  its DXA map against the true placement (bodysim_registration.placement_check); registration
+  needs this, retrieval does not. None for the pooled baseline.
+  """
+  from osteojax.align import bodysim_registration as br
   model, variables, config, step = train.load_encoders(workdir)
   ddir = data_dir or train.data_dir(config)
   data = bodysim.load_pairs(ddir, split, limit)
   dxa, mri = train.select_channels(data, config)
   train.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
   fd, fm = train.embed(model, variables, dxa, mri)
-  return train.similarity_all(fd, fm), config, step
+  placement = None
+  if config.model.encoder == 'spatial':
+    placement = br.placement_check(fd, fm, [br.truth_transform(m)
+                                            for m in data['matrix_mri_to_dxa']])
+  return train.similarity_all(fd, fm), config, step, placement
 
 
 def plot_curves(sim, out_prefix: str, title: str) -> list[str]:
@@ -89,7 +99,7 @@ HEADER = ('| run | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | TPR@FPR=1%
 def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
                  out_dir: str | None = None, limit: int | None = None) -> dict:
   """Evaluate the newest checkpoint in workdir; writes eval_<split>.{json,md} and PNGs."""
-  sim, config, step = similarity_of_run(workdir, split, data_dir, limit)
+  sim, config, step, placement = similarity_of_run(workdir, split, data_dir, limit)
   m = scores(sim)
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
@@ -101,13 +111,19 @@ def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
              encoder=config.model.encoder, dxa_channels=list(config.model.dxa_channels),
              mri_channels=list(config.model.mri_channels),
              temperature=config.loss.temperature, seed=config.seed,
-             data_seed=config.data.seed, metrics=m, pngs=pngs, generated_data=True)
+             data_seed=config.data.seed, shift_px=config.augment.shift_px, metrics=m,
+             placement=placement, pngs=pngs, generated_data=True)
   with open(os.path.join(out_dir, f'eval_{split}.json'), 'w', encoding='utf-8') as f:
     json.dump(res, f, indent=1)
   md = (f'# Aligner evaluation ({split} split of generated BodySim data, N = {len(sim)}, '
         f'step {step})\n\n{HEADER}\n{markdown_row(name, m)}\n\nMRI -> DXA: R@1 '
         f'{100 * m["mri_to_dxa"]["recall@1"]:.1f} %, mean rank '
         f'{m["mri_to_dxa"]["mean_rank"]:.2f}.\n')
+  if placement:
+    md += (f'\nPlacement (the correlation peak of each MRI map on its DXA map vs the truth): '
+           f'{placement["within_one_cell"]:.0%} within one cell, mean '
+           f'{placement["mean_distance_cells"]:.2f} cells off, peak in the top row for '
+           f'{placement["peak_in_top_row"]:.0%}.\n')
   with open(os.path.join(out_dir, f'eval_{split}.md'), 'w', encoding='utf-8') as f:
     f.write(md)
   print(md, flush=True)

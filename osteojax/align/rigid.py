@@ -223,6 +223,18 @@ def _hyp_residuals(rot, off, src, dst):
   return px * px + py * py
 
 
+def ransac_trials(inlier_fraction: float, confidence: float) -> float:
+  """Hypotheses (two pairs each) needed to draw one all-inlier pair with probability
+  `confidence` when a fraction w of the pairs are inliers: log(1 - confidence) / log(1 - w^2).
+  0 when w = 1; infinite when w = 0 (no hypothesis has an inlier yet: keep sampling)."""
+  w = float(inlier_fraction)
+  if w >= 1:
+    return 0.0
+  if w <= 0:
+    return float('inf')
+  return float(np.log(1 - confidence) / np.log(max(1 - w * w, 1e-12)))
+
+
 def ransac_rigid(src, dst, threshold: float, iterations: int = 1000, seed: int = 0,
                  confidence: float = 0.999, refits: int = 3, chunk: int = 64,
                  min_separation: float = 1e-6) -> tuple[Rigid2D, np.ndarray]:
@@ -253,8 +265,7 @@ def ransac_rigid(src, dst, threshold: float, iterations: int = 1000, seed: int =
     if best_key is None or (-count[k], cost[k]) < best_key:
       best_key, best = (-count[k], cost[k]), done + k
     done += len(r2)
-    w = -best_key[0] / len(src)
-    if w >= 1 or done >= np.log(1 - confidence) / np.log(max(1 - w * w, 1e-12)):
+    if done >= ransac_trials(-best_key[0] / len(src), confidence):
       break
   t = Rigid2D.from_matrix(rot[best], off[best])
   inl = residuals(t, src, dst) <= threshold

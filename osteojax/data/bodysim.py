@@ -33,9 +33,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import SimpleITK as sitk
 
+from osteojax.data import io
 from osteojax.data.io import OsteoDataError, staged_dir
-from osteojax.data.io import _check_nifti_data as io_check_nifti_data
-from osteojax.data.io import _itk_message as io_itk_message
 
 MARKER = 'bodysim.json'
 VERSION = 1
@@ -521,19 +520,7 @@ def generate(out_dir: str, scale: int = 4, seed: int = 0, sizes: dict | None = N
 
 def read_scan(path, channels: int | None = None) -> tuple[np.ndarray, tuple]:
   """A 2-D scan as [H, W, C] float32 and its spacing (mm); OsteoDataError on bad content."""
-  if not os.path.exists(path):
-    raise OsteoDataError(path, 'no such file')
-  if os.path.getsize(path) == 0:
-    raise OsteoDataError(path, 'empty file (0 bytes)')
-  reader = sitk.ImageFileReader()
-  reader.SetFileName(path)
-  try:
-    reader.ReadImageInformation()
-    if 'vox_offset' in reader.GetMetaDataKeys():   # NIfTI: ITK would zero NaNs / truncation
-      io_check_nifti_data(path, reader)
-    img = reader.Execute()
-  except RuntimeError as e:
-    raise OsteoDataError(path, f'cannot read image: {io_itk_message(e)}') from None
+  img = io.read_file(path)
   if img.GetDimension() != 2:
     raise OsteoDataError(path, f'expected a 2-D image, got {img.GetDimension()}-D')
   arr = sitk.GetArrayFromImage(img).astype(np.float32)

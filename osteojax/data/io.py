@@ -138,12 +138,10 @@ def _read_dicom_series(folder):
   return img
 
 
-def read_image(path) -> sitk.Image:
-  """A 3-D image from a file (NIfTI, NRRD, ...) or a folder holding one DICOM series.
-
-  Raises OsteoDataError for a missing, empty, unreadable, truncated or non-3-D input.
-  A 4-D image with one volume is returned as 3-D.
-  """
+def read_file(path) -> sitk.Image:
+  """An image of any dimension from a file (NIfTI, NRRD, PNG, ...) or a folder holding one
+  DICOM series. OsteoDataError for a missing, empty, unreadable or truncated input and for
+  non-finite NIfTI data (which ITK would silently read as 0)."""
   path = str(path)
   if not os.path.exists(path):
     raise OsteoDataError(path, 'no such file or folder')
@@ -161,6 +159,17 @@ def read_image(path) -> sitk.Image:
       img = reader.Execute()
     except RuntimeError as e:
       raise OsteoDataError(path, f'cannot read image: {_itk_message(e)}') from None
+  return img
+
+
+def read_image(path) -> sitk.Image:
+  """A 3-D image from a file (NIfTI, NRRD, ...) or a folder holding one DICOM series.
+
+  Raises OsteoDataError for a missing, empty, unreadable, truncated or non-3-D input.
+  A 4-D image with one volume is returned as 3-D.
+  """
+  path = str(path)
+  img = read_file(path)
   if img.GetDimension() == 4 and img.GetSize()[3] == 1:
     img = img[:, :, :, 0]
   if img.GetDimension() != 3:
@@ -311,6 +320,41 @@ def read_real_manifest(path) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------
 # Outputs.
+
+TMP_TAG = '.tmp-'   # in the name of every temporary file below; a killed run's leftovers
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yield a temporary file name beside `path` (same folder, same extension) to write to.
+
+  When the block succeeds the file is moved onto `path` with os.replace (atomic on one file
+  system); when it fails the file is removed. So `path` is either its old self or complete,
+  never half written, even if the process is killed (only a TMP_TAG file can be left).
+  """
+  d, base = os.path.split(os.path.abspath(str(path)))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=TMP_TAG, suffix='-' + base, dir=d)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def atomic_write(path, write) -> None:
+  """write(binary file object) into a temporary file, fsync, then move it onto `path`."""
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    write(f)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def atomic_write_text(path, text: str) -> None:
+  """A text file (UTF-8) written atomically."""
+  atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 @contextlib.contextmanager
 def staged_dir(out_dir, marker):

@@ -23,7 +23,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from osteojax.data import cohort, phantom
+from osteojax.data import cohort, io, phantom
 from osteojax.data import params as P
 
 MANIFEST = 'manifest.csv'
@@ -32,16 +32,14 @@ PATH_COLUMNS = ['path', 'mask_path', 'spacing_z', 'spacing_y', 'spacing_x']
 
 
 def write_image_atomic(img, path):
-  """Write a SimpleITK image via a temporary file in the same folder, then rename."""
-  tmp = path.replace('.nii.gz', '.tmp.nii.gz') if path.endswith('.nii.gz') else path + '.tmp'
-  sitk.WriteImage(img, tmp, useCompression=True)
-  os.replace(tmp, path)
+  """Write a SimpleITK image (compressed) atomically (io.atomic_path)."""
+  with io.atomic_path(path) as tmp:
+    sitk.WriteImage(img, tmp, useCompression=True)
 
 
 def write_csv_atomic(df: pd.DataFrame, path):
-  tmp = path + '.tmp'
-  df.to_csv(tmp, index=False)
-  os.replace(tmp, path)
+  with io.atomic_path(path) as tmp:
+    df.to_csv(tmp, index=False)
 
 
 def _render_one(args):

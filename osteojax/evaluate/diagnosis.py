@@ -44,6 +44,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from osteojax.data import io
 from osteojax.data.io import OsteoDataError
 from osteojax.evaluate import metrics
 
@@ -127,10 +128,8 @@ def read_predictions(path: str) -> pd.DataFrame:
 
 def write_predictions(pred: pd.DataFrame, path: str):
   """Write a predictions table as CSV, atomically (temporary file + rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp'
-  pred.to_csv(tmp, index=False)
-  os.replace(tmp, path)
+  with io.atomic_path(path) as tmp:
+    pred.to_csv(tmp, index=False)
 
 
 def score_column(pred: pd.DataFrame) -> str:
@@ -457,11 +456,9 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
   axes[0][0].set_ylabel('sensitivity')
   fig.suptitle(f'ROC, {level} level, {split} split', fontsize=10)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=130, bbox_inches='tight')
+  with io.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=130, bbox_inches='tight')
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def write_report(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], out_dir: str,
@@ -473,12 +470,10 @@ def write_report(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], ou
   """
   summary = summarize(models, split, base)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'results.json.tmp'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=1, allow_nan=False)
-  os.replace(os.path.join(out_dir, 'results.json.tmp'), os.path.join(out_dir, 'results.json'))
-  with open(os.path.join(out_dir, 'results.md.tmp'), 'w', encoding='utf-8') as f:
-    f.write(markdown_report(summary, tuple(sites) + ('internal',)))
-  os.replace(os.path.join(out_dir, 'results.md.tmp'), os.path.join(out_dir, 'results.md'))
+  io.atomic_write_text(os.path.join(out_dir, 'results.json'),
+                       json.dumps(summary, indent=1, allow_nan=False))
+  io.atomic_write_text(os.path.join(out_dir, 'results.md'),
+                       markdown_report(summary, tuple(sites) + ('internal',)))
   for level in LEVELS:
     plot_roc(models, os.path.join(out_dir, f'roc_{level}.png'), level, split, sites)
   return summary

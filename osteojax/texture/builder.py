@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -31,12 +30,12 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from osteojax.data import io
+from osteojax.data.io import TMP_TAG, atomic_write  # noqa: F401 (TMP_TAG: tools, tests)
 from osteojax.texture import pool as pool_lib
 from osteojax.texture.settings import GLCMSettings
 
 REQUIRED_COLUMNS = ('roi_id', 'path', 'mask_path')
 MANIFEST_NAME = 'pool_manifest.csv'
-TMP_TAG = '.tmp-'
 
 
 class RoiError(Exception):
@@ -115,22 +114,6 @@ def load_roi(row: Dict[str, str], settings: GLCMSettings):
     raise RoiError(f'error: image {row["path"]}: {e}')
   spacing = tuple(float(s) for s in img.GetSpacing())[::-1]
   return image.astype(np.float32), roi.astype(np.uint8), spacing
-
-
-def atomic_write(path: str, write) -> None:
-  """write(file_object) into a temp file beside `path`, then os.replace it into place."""
-  d, base = os.path.split(path)
-  fd, tmp = tempfile.mkstemp(prefix=base + TMP_TAG, dir=d)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def sidecar_key(out: str, roi_id: str) -> Optional[str]:
