@@ -1,4 +1,6 @@
 """FFT all-pairs correlation against lax.conv, a hand-computed 4x4 case and a known shift."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +75,16 @@ def test_bad_shapes():
 
 def test_fast_fft_size():
   assert [correlation.fast_fft_size(n) for n in (1, 7, 37, 62, 100, 101)] == [1, 8, 40, 64, 100, 108]
+
+
+def test_keep_freed_memory_subprocess():
+  """hostmem.keep_freed_memory: accepted by glibc here (Linux CI), refused with the opt-out
+  variable; in a subprocess, so the test process keeps its allocator as it is."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = 'from osteojax.train import hostmem; print(hostmem.keep_freed_memory())'
+  for env, want in (({}, 'True'), ({'OSTEOJAX_KEEP_FREED_MEMORY': '0'}, 'False')):
+    r = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+                       encoding='utf-8', errors='replace', env=dict(os.environ, **env))
+    assert r.stdout.strip() == want, r.stderr

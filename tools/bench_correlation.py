@@ -9,7 +9,11 @@ fft and direct timed as the best of --repeats runs after a compiling warm-up cal
 one pass after compiling the single-pair function (compile always excluded), on unit-norm
 random maps. max_abs_diff compares fft and loop with direct (values are in [-1, 1]).
 
-  python tools/bench_correlation.py [--repeats 3] [--sizes 10,32] [--skip-loop-above 32]
+The process keeps freed memory (osteojax.train.hostmem.keep_freed_memory, for every method
+alike) unless --default-malloc is given; the JSON says which.
+
+  python tools/bench_correlation.py [--repeats 10] [--sizes 10,32] [--skip-loop-above 32]
+                                    [--default-malloc]
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from osteojax.align import correlation  # noqa: E402
+from osteojax.train import hostmem  # noqa: E402
 
 DXA_MAP = (100, 37, 128)    # 800 x 300 DXA / 8
 MRI_MAP = (62, 28, 128)     # 501 x 224 MRI / 8
@@ -65,17 +70,21 @@ def bench_case(n, repeats, loop=True, seed=0):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--repeats', type=int, default=10, help='timed runs (best is kept)')
   p.add_argument('--sizes', default='10,32')
   p.add_argument('--skip-loop-above', type=int, default=32,
                  help='no per-pair loop for N above this (N^2 calls)')
+  p.add_argument('--default-malloc', action='store_true',
+                 help='leave the C allocator as it is (returns freed blocks to the OS)')
   args = p.parse_args(argv)
+  kept = False if args.default_malloc else hostmem.keep_freed_memory()
   cases = [bench_case(int(n), args.repeats, int(n) <= args.skip_loop_above)
            for n in args.sizes.split(',')]
   print(json.dumps(dict(bench='correlation', backend=jax.default_backend(),
                         devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
                         machine=platform.machine(), jax=jax.__version__,
-                        load_average_1_5_15=list(os.getloadavg()), cases=cases)))
+                        load_average_1_5_15=list(os.getloadavg()),
+                        keep_freed_memory=kept, repeats=args.repeats, cases=cases)))
 
 
 if __name__ == '__main__':
