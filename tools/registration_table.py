@@ -164,11 +164,8 @@ def main(argv=None):
     f.write(f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {GENERATED}; '
             f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
             f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
-            + md + '\n\nWhere the aligner\'s own correlation (valid placements, as in training) '
-            f'puts each test MRI map on its DXA map: {placement["within_one_cell"]:.0%} within '
-            f'one cell (8 px) of the true placement, mean distance '
-            f'{placement["mean_distance_cells"]:.2f} cells, peak in the top row for '
-            f'{placement["peak_in_top_row"]:.0%} of the pairs.\n')
+            + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement)
+            + '\n')
   evaluation.overlay_figure(os.path.join(args.out, 'overlays.png'), te_pairs,
                             {k: v for k, v in transforms.items() if k != 'identity'},
                             args.overlay_pairs)

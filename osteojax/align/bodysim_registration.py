@@ -193,3 +193,11 @@ def placement_check(dxa_maps, mri_maps, truths) -> dict:
   return dict(pairs=len(dist), within_half_cell=float(np.mean(dist <= 0.5)),
               within_one_cell=float(np.mean(dist <= 1.0)), mean_distance_cells=float(dist.mean()),
               peak_in_top_row=float(np.mean(top)), mean_correlation_spread=float(np.mean(spread)))
+
+
+def placement_sentence(placement: dict) -> str:
+  """One line of a placement_check result, for the Markdown outputs."""
+  return (f'where the aligner\'s own correlation (valid placements, as in training) puts each '
+          f'MRI map on its DXA map: {placement["within_one_cell"]:.0%} within one cell (8 px) of '
+          f'the true placement, mean distance {placement["mean_distance_cells"]:.2f} cells, peak '
+          f'in the top row for {placement["peak_in_top_row"]:.0%} of the pairs.')

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
+from osteojax.align import bodysim_registration as br  # noqa: E402
 from osteojax.align import train  # noqa: E402
 from osteojax.data import bodysim  # noqa: E402
 from osteojax.evaluate import metrics  # noqa: E402
@@ -38,7 +39,6 @@ def similarity_of_run(workdir: str, split: str = 'test', data_dir: str | None = 
   its DXA map against the true placement (bodysim_registration.placement_check); registration
   needs this, retrieval does not. None for the pooled baseline.
   """
-  from osteojax.align import bodysim_registration as br
   model, variables, config, step = train.load_encoders(workdir)
   ddir = data_dir or train.data_dir(config)
   data = bodysim.load_pairs(ddir, split, limit)
@@ -120,10 +120,7 @@ def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
         f'{100 * m["mri_to_dxa"]["recall@1"]:.1f} %, mean rank '
         f'{m["mri_to_dxa"]["mean_rank"]:.2f}.\n')
   if placement:
-    md += (f'\nPlacement (the correlation peak of each MRI map on its DXA map vs the truth): '
-           f'{placement["within_one_cell"]:.0%} within one cell, mean '
-           f'{placement["mean_distance_cells"]:.2f} cells off, peak in the top row for '
-           f'{placement["peak_in_top_row"]:.0%}.\n')
+    md += f'\nPlacement, {br.placement_sentence(placement)}\n'
   with open(os.path.join(out_dir, f'eval_{split}.md'), 'w', encoding='utf-8') as f:
     f.write(md)
   print(md, flush=True)
