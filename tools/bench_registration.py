@@ -176,7 +176,7 @@ def bench_bodysim(args, scale):
               results=res)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--data', choices=('bodysim', 'synthetic'), default='bodysim')
   ap.add_argument('--aligner', default='', help='aligner run folder (bodysim data)')
@@ -186,7 +186,11 @@ def main(argv=None):
   ap.add_argument('--noise', type=float, default=0.5, help='source map noise (x field sd)')
   ap.add_argument('--skip-mi', action='store_true')
   ap.add_argument('--salient-ratio', type=float, default=0.9, help="Lowe's ratio (bodysim data)")
-  args = ap.parse_args(argv)
+  return ap
+
+
+def main(argv=None):
+  args = parser().parse_args(argv)
   print(json.dumps(report(args)))
 
 
@@ -201,11 +205,10 @@ def report(args) -> dict:
               machine=platform.machine(), load_avg_1min=os.getloadavg()[0])
 
 
-def bodysim_args(aligner: str, scales=(1, 4), pairs: int = 10, seed: int = 0,
-                 salient_ratio: float = 0.9):
-  """Arguments of a BodySim benchmark run (as the command line would give them)."""
-  return argparse.Namespace(data='bodysim', aligner=aligner, scales=list(scales), pairs=pairs,
-                            seed=seed, noise=0.5, skip_mi=False, salient_ratio=salient_ratio)
+def bodysim_args(aligner: str, pairs: int = 10, salient_ratio: float = 0.9):
+  """Arguments of a BodySim benchmark run, as the command line would give them."""
+  return parser().parse_args(['--aligner', aligner, '--pairs', str(pairs),
+                              '--salient-ratio', str(salient_ratio)])
 
 
 if __name__ == '__main__':

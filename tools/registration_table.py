@@ -49,6 +49,7 @@ from osteojax.align import bodysim_registration as br  # noqa: E402
 from osteojax.align import evaluation  # noqa: E402
 from osteojax.align import train as align_train  # noqa: E402
 from osteojax.data import bodysim  # noqa: E402
+from osteojax.data import io  # noqa: E402
 from osteojax.data.io import OsteoDataError, run_cli  # noqa: E402
 
 GENERATED = ('generated BodySim pairs (osteojax/data/bodysim.py), not real scans')
@@ -158,14 +159,13 @@ def main(argv=None):
       keypoints=list(evaluation.KEYPOINTS), machine=platform.machine(), cpus=os.cpu_count(),
       load_avg_1min=os.getloadavg()[0])
   md = evaluation.table_markdown(rows)
-  with open(os.path.join(args.out, 'table1.json'), 'w', encoding='utf-8') as f:
-    json.dump(table, f, indent=1)
-  with open(os.path.join(args.out, 'table1.md'), 'w', encoding='utf-8') as f:
-    f.write(f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {GENERATED}; '
-            f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
-            f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
-            + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement)
-            + '\n')
+  io.atomic_write_text(os.path.join(args.out, 'table1.json'), json.dumps(table, indent=1))
+  io.atomic_write_text(
+      os.path.join(args.out, 'table1.md'),
+      f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {GENERATED}; '
+      f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
+      f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
+      + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement) + '\n')
   evaluation.overlay_figure(os.path.join(args.out, 'overlays.png'), te_pairs,
                             {k: v for k, v in transforms.items() if k != 'identity'},
                             args.overlay_pairs)
@@ -209,22 +209,22 @@ def main(argv=None):
                 best_method=best, training_subject_mean_error_cm=means,
                 transferred_mask_dice_vs_true_training_masks=mask_dice,
                 unet_config=unet_config.get_config().to_dict(), results=results)
-    with open(os.path.join(args.out, 'dice.json'), 'w', encoding='utf-8') as f:
-      json.dump(dice, f, indent=1)
+    io.atomic_write_text(os.path.join(args.out, 'dice.json'), json.dumps(dice, indent=1))
     dmd = _dice_markdown(results)
-    with open(os.path.join(args.out, 'dice.md'), 'w', encoding='utf-8') as f:
-      f.write(f'U-Net Dice (mean ± sd over {len(test_seg.images)} test MRIs, true MRI masks) '
-              f'of {GENERATED}; trained on {n_u} training MRIs with the masks named; '
-              f'transfer method {best} (lowest mean keypoint error on the training subjects, '
-              f'{means[best]:.2f} cm).\n\n' + dmd + '\n')
+    io.atomic_write_text(
+        os.path.join(args.out, 'dice.md'),
+        f'U-Net Dice (mean ± sd over {len(test_seg.images)} test MRIs, true MRI masks) '
+        f'of {GENERATED}; trained on {n_u} training MRIs with the masks named; '
+        f'transfer method {best} (lowest mean keypoint error on the training subjects, '
+        f'{means[best]:.2f} cm).\n\n' + dmd + '\n')
     print(dmd, flush=True)
 
   # 5. timings at the paper's resolution
   if args.bench_pairs:
     bench = bench_registration.report(bench_registration.bodysim_args(
         args.aligner, pairs=args.bench_pairs, salient_ratio=ratio))
-    with open(os.path.join(args.out, 'bench_registration.json'), 'w', encoding='utf-8') as f:
-      json.dump(bench, f, indent=1)
+    io.atomic_write_text(os.path.join(args.out, 'bench_registration.json'),
+                         json.dumps(bench, indent=1))
     for run in bench['runs']:
       print(f'[registration] scale {run["scale"]} seconds per pair (median): '
             + ', '.join(f'{k} {v["median_s"]:.3f}' for k, v in run['results'].items()),

@@ -79,16 +79,20 @@ def mi_method(spacing_mm: float, mri_channel: str = 'fat', dxa_channel: str = 't
   return f
 
 
+def choose_on_pairs(candidates: dict, pairs, spacing_mm: float) -> tuple:
+  """The key of `candidates` ({key: pair -> Rigid2D}) with the lowest mean keypoint error on
+  `pairs` (training pairs, never the test pairs). -> (best key, {key: mean cm})."""
+  e, _, _ = evaluation.run_methods(pairs, candidates, spacing_mm, warmup=False)
+  scores = {k: float(np.mean(v)) for k, v in e.items()}
+  return min(scores, key=scores.get), scores
+
+
 def choose_mi_channels(pairs, spacing_mm: float) -> tuple[tuple[str, str], dict]:
-  """The (MRI, DXA) channel pair with the lowest mean keypoint error on `pairs` (training
-  pairs, never the test pairs). -> (best, {'mri/dxa': mean cm})."""
-  scores = {}
-  for a in bodysim.MRI_CHANNELS:
-    for b in bodysim.DXA_CHANNELS:
-      f = mi_method(spacing_mm, a, b)
-      e, _, _ = evaluation.run_methods(pairs, {'mi': f}, spacing_mm, warmup=False)
-      scores[f'{a}/{b}'] = float(np.mean(e['mi']))
-  best = min(scores, key=scores.get)
+  """The (MRI, DXA) channel pair of Mattes MI with the lowest mean keypoint error on `pairs`.
+  -> (best, {'mri/dxa': mean cm})."""
+  best, scores = choose_on_pairs({f'{a}/{b}': mi_method(spacing_mm, a, b)
+                                  for a in bodysim.MRI_CHANNELS for b in bodysim.DXA_CHANNELS},
+                                 pairs, spacing_mm)
   return tuple(best.split('/')), scores
 
 
@@ -101,12 +105,8 @@ def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS) -> tup
 
   The best ratio depends on how distinct the aligner's cells are: a strict ratio keeps few
   matches, a loose one many wrong ones. -> (best, {ratio: mean cm})."""
-  scores = {}
-  for r in ratios:
-    f = method_table(spacing_mm, salient_kw=dict(ratio=r))['salient']
-    e, _, _ = evaluation.run_methods(pairs, {'salient': f}, spacing_mm, warmup=False)
-    scores[r] = float(np.mean(e['salient']))
-  return min(scores, key=scores.get), scores
+  return choose_on_pairs({r: method_table(spacing_mm, salient_kw=dict(ratio=r))['salient']
+                          for r in ratios}, pairs, spacing_mm)
 
 
 def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'),

@@ -18,7 +18,7 @@ from sklearn import metrics as skm  # noqa: E402
 
 from osteojax.align import bodysim_registration as br  # noqa: E402
 from osteojax.align import train  # noqa: E402
-from osteojax.data import bodysim  # noqa: E402
+from osteojax.data import bodysim, io  # noqa: E402
 from osteojax.evaluate import metrics  # noqa: E402
 
 
@@ -113,15 +113,13 @@ def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
              temperature=config.loss.temperature, seed=config.seed,
              data_seed=config.data.seed, shift_px=config.augment.shift_px, metrics=m,
              placement=placement, pngs=pngs, generated_data=True)
-  with open(os.path.join(out_dir, f'eval_{split}.json'), 'w', encoding='utf-8') as f:
-    json.dump(res, f, indent=1)
+  io.atomic_write_text(os.path.join(out_dir, f'eval_{split}.json'), json.dumps(res, indent=1))
   md = (f'# Aligner evaluation ({split} split of generated BodySim data, N = {len(sim)}, '
         f'step {step})\n\n{HEADER}\n{markdown_row(name, m)}\n\nMRI -> DXA: R@1 '
         f'{100 * m["mri_to_dxa"]["recall@1"]:.1f} %, mean rank '
         f'{m["mri_to_dxa"]["mean_rank"]:.2f}.\n')
   if placement:
     md += f'\nPlacement, {br.placement_sentence(placement)}\n'
-  with open(os.path.join(out_dir, f'eval_{split}.md'), 'w', encoding='utf-8') as f:
-    f.write(md)
+  io.atomic_write_text(os.path.join(out_dir, f'eval_{split}.md'), md)
   print(md, flush=True)
   return res
