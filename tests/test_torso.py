@@ -127,3 +127,14 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
   assert json.loads(text.read_text(encoding='utf-8')) == {'v': 1}
   assert sorted(os.listdir(tmp_path)) == ['a.json', 'sub']
   assert os.listdir(tmp_path / 'sub') == ['img.nii.gz']
+
+
+def test_atomic_path_keeps_usual_permissions(tmp_path):
+  """Files written through io.atomic_path get the permissions of an ordinary open() (umask),
+  not the owner-only mode of the temporary file they start as."""
+  umask = os.umask(0o022)
+  os.umask(umask)
+  io.atomic_write_text(tmp_path / 'a.txt', 'x')
+  with open(tmp_path / 'b.txt', 'w', encoding='utf-8') as f:
+    f.write('x')
+  assert (os.stat(tmp_path / 'a.txt').st_mode & 0o777) == (os.stat(tmp_path / 'b.txt').st_mode & 0o777)

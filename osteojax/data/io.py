@@ -336,6 +336,9 @@ def atomic_path(path):
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=TMP_TAG, suffix='-' + base, dir=d)
   os.close(fd)
+  umask = os.umask(0o022)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes it private; the result should not be
   try:
     yield tmp
     os.replace(tmp, path)
