@@ -5,8 +5,10 @@
 Generates the default OsteoSim data set (1,513 unlabeled pre-training vertebrae at scale 0.05;
 1,722 labeled train/valid/test vertebrae at scale 0.2; 32^3 ROIs at 1.8 mm), builds the texture
 pools, pre-trains the slim ResNet34-3D with TP-SwAV (configs/tp_swav.py), fine-tunes it with
-the device-gated MoE and the unified loss (configs/finetune.py) and prints the per-site
-vertebra- and patient-level table of the test split (threshold from validation), writing ROC
+the device-gated MoE and the unified loss (configs/finetune.py), prints the per-site
+vertebra- and patient-level table of the test split (threshold from validation), then scores
+the clinician's baselines (L1 trabecular HU rules, radiomics + logistic regression) and the two
+oracles on the same split and draws them beside the model (<workdir>/compare), writing ROC
 curves, predictions and TensorBoard runs under the workdir. Every stage is cached / resumable.
 Full-size runs use the stage configs with `:paper` on an accelerator (see README).
 """
@@ -28,6 +30,8 @@ def get_config(arg=None):
   c.pretrain = tp_swav.get_config(arg)
   c.finetune = finetune.get_config(arg)
   c.data = c.finetune.data.copy_and_resolve_references()   # shared by every stage
+  c.compare = ml_collections.ConfigDict(dict(
+      ct_only_patients=1000 if arg == 'tiny' else 20000))   # reference draws per site
   for stage in (c.osteosim, c.pretrain, c.finetune):
     del stage['data']
   return c

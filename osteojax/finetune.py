@@ -9,9 +9,14 @@ osteoporosis (CE), standardised BMD (MSE) and vertebra level (CE), weighted by c
 tools/evaluate.py turns into the paper's per-site tables.
 
 Inputs are channel 0 of the texture pool (the normalised original volume), the same input
-the pre-trained encoder saw. Labels: osteoporosis on the site's own DXA device (WHO), that
-device's BMD reading (standardised per device with the training split's mean and SD, kept in
-`<workdir>/bmd_stats.json`), and the level index (T1..T12, L1..L6 -> 0..17).
+the pre-trained encoder saw, flipped and perturbed in HU within the scanners' variation
+(osteojax/data/augment.py). Labels: osteoporosis on the site's own DXA device (WHO), that
+device's BMD reading in g/cm2 (standardised with the training split's mean and SD over all
+devices, so the makers' calibration differences stay in the target; per device with
+config.loss.bmd_standardise='device'; kept in `<workdir>/bmd_stats.json`), and the level index
+(T1..T12, L1..L6 -> 0..17). The validation split is predicted every config.eval_every_epochs;
+the epoch with the best validation AUC (vertebrae, all sites pooled) makes the predictions
+(`<workdir>/validation.json`, `<workdir>/validation_curve.png`).
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ import numpy as np
 import pandas as pd
 
 from osteojax import probe
-from osteojax.data import augment, pool_data
+from osteojax.data import augment, io, pool_data
 from osteojax.data import params as P
-from osteojax.evaluate import diagnosis
+from osteojax.evaluate import diagnosis, metrics
 from osteojax.models import moe, resnet3d
 from osteojax.objectives import multitask
+from osteojax.texture import pool
 from osteojax.train import lib
 
 DEVICES = P.DEVICE_NAMES
@@ -57,15 +63,40 @@ def level_index(levels) -> np.ndarray:
   return np.array([P.LEVEL_INDEX[v] for v in levels], np.int32)
 
 
-def bmd_stats(rows: pd.DataFrame) -> dict:
-  """{device: (mean, sd)} of the BMD readings of training rows, per DXA device."""
-  out = {}
+BMD_STANDARDISE = ('global', 'device')
+CLASS_WEIGHTS = ('none', 'balanced')
+
+
+def bmd_stats(rows: pd.DataFrame, mode: str = 'global') -> dict:
+  """{device: (mean, sd)} that standardise the BMD target, from the training rows.
+
+  'global': one mean and SD over every training reading, the same for each known device, so
+  the target stays in g/cm2 up to one affine map (the makers' calibration differences remain
+  for the device gate to learn). 'device': per DXA device (removes them; an ablation).
+  """
+  if mode not in BMD_STANDARDISE:
+    raise ValueError(f'unknown bmd_standardise {mode!r}; known: {", ".join(BMD_STANDARDISE)}')
   for d, g in rows.groupby('device'):
-    b = g.bmd.to_numpy(float)
-    if not np.isfinite(b).all():
+    if not np.isfinite(g.bmd.to_numpy(float)).all():
       raise ValueError(f'training rows of device {d!r} have missing/non-finite bmd')
-    out[str(d)] = (float(b.mean()), float(max(b.std(), 1e-6)))
-  return out
+  if mode == 'global':
+    b = rows.bmd.to_numpy(float)
+    return {d: (float(b.mean()), float(max(b.std(), 1e-6))) for d in DEVICES}
+  return {str(d): (float(g.bmd.mean()), float(max(g.bmd.to_numpy(float).std(), 1e-6)))
+          for d, g in rows.groupby('device')}
+
+
+def class_weights(labels, mode: str) -> np.ndarray:
+  """Per-example weights of the class loss: 'none' ones, 'balanced' n / (2 n_class)."""
+  y = np.asarray(labels, int)
+  if mode not in CLASS_WEIGHTS:
+    raise ValueError(f'unknown class_weight {mode!r}; known: {", ".join(CLASS_WEIGHTS)}')
+  if mode == 'none':
+    return np.ones(len(y), np.float32)
+  counts = np.bincount(y, minlength=2)
+  if (counts == 0).any():
+    raise ValueError('class_weight balanced needs both classes in the training split')
+  return (len(y) / (2 * counts[y])).astype(np.float32)
 
 
 def standardise_bmd(bmd, devices, stats) -> np.ndarray:
@@ -88,13 +119,14 @@ def _per_row(devices, stats):
   return mean, sd
 
 
-def label_arrays(rows: pd.DataFrame, stats: dict) -> dict:
+def label_arrays(rows: pd.DataFrame, stats: dict, class_weight: str = 'none') -> dict:
   """Per-row training targets and inputs other than the image."""
   if rows.label.isna().any():
     raise ValueError('labeled rows without an osteoporosis label (label column is empty)')
-  return dict(device=device_index(rows.device), label=rows.label.to_numpy(np.int32),
+  label = rows.label.to_numpy(np.int32)
+  return dict(device=device_index(rows.device), label=label,
               bmd_z=standardise_bmd(rows.bmd, rows.device, stats),
-              level=level_index(rows.level))
+              level=level_index(rows.level), class_weight=class_weights(label, class_weight))
 
 
 # ------------------------------------------------------------------------------------ model
@@ -130,8 +162,10 @@ def init_state(config, model, input_shape, optim, total_steps) -> lib.TrainState
   params, stats = variables['params'], variables['batch_stats']
   if config.init.checkpoint:
     params, stats = load_pretrained_encoder(config.init.checkpoint, params, stats, input_shape)
-  return lib.TrainState.create(apply_fn=model.apply, params=params,
-                               tx=lib.make_optimizer(optim, total_steps), batch_stats=stats)
+  return lib.TrainState.create_with_ema(apply_fn=model.apply, params=params,
+                                        tx=lib.make_optimizer(optim, total_steps),
+                                        batch_stats=stats,
+                                        ema_decay=config.optim.get('ema_decay', 0.0))
 
 
 def make_loss_fn(config, model):
@@ -145,7 +179,8 @@ def make_loss_fn(config, model):
     del step
     x = batch['image']
     keys = lib.example_keys(rng, x.shape[0])
-    x = jax.vmap(lambda v, k: augment.flip_and_scale(v, k, a.flip_prob, a.intensity))(x, keys)
+    x = jax.vmap(lambda v, k: augment.augment_original(v, k, a.flip_prob, a.intensity,
+                                                       pool.HU_WINDOW))(x, keys)
     out, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x[..., None],
                                 batch['device'], train=True, mutable=['batch_stats'])
     loss, metrics = multitask.multitask_loss(out, batch, config.loss)
@@ -200,7 +235,8 @@ def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
 
 
 def load(workdir: str):
-  """(config, model, variables, bmd stats) of a fine-tuning workdir's newest good checkpoint."""
+  """(config, model, variables, bmd stats) of a fine-tuning workdir's chosen checkpoint: the
+  best on validation (<workdir>/best), or the newest good one for runs without validation."""
   for name in ('config.json', BMD_STATS):
     if not os.path.exists(os.path.join(workdir, name)):
       raise FileNotFoundError(f'{workdir}: no {name}; not a fine-tuning workdir')
@@ -212,13 +248,21 @@ def load(workdir: str):
     stats = json.load(f)
   model = build_model(config)
   template = init_variables(config, model, config.data.roi_shape)
-  state = lib.TrainState.create(apply_fn=model.apply, params=template['params'],
-                                tx=lib.make_optimizer(_optim(config, 1), 1),
-                                batch_stats=template['batch_stats'])
-  state, step = lib.Checkpoints(workdir).restore(state)
+  state = lib.TrainState.create_with_ema(apply_fn=model.apply, params=template['params'],
+                                         tx=lib.make_optimizer(_optim(config, 1), 1),
+                                         batch_stats=template['batch_stats'],
+                                         ema_decay=config.optim.get('ema_decay', 0.0))
+  if os.path.exists(os.path.join(workdir, lib.ValidationHistory.FILE)):
+    history = lib.ValidationHistory(workdir)       # the checkpoint chosen on validation
+    state, step = history.restore_best(state)
+    history.close()
+    where = history.best.directory
+  else:                                            # a run without validation: the last one
+    state, step = lib.Checkpoints(workdir).restore(state)
+    where = f'{workdir}/checkpoints'
   if step == 0:
-    raise FileNotFoundError(f'no readable checkpoint in {workdir}/checkpoints')
-  return config, model, {'params': state.params, 'batch_stats': state.batch_stats}, stats
+    raise FileNotFoundError(f'no readable checkpoint in {where}')
+  return config, model, state.averaged(), stats
 
 
 def _optim(config, steps_per_epoch):
@@ -229,6 +273,50 @@ def _optim(config, steps_per_epoch):
 
 
 # ------------------------------------------------------------------------------------ task
+def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool):
+  """eval_fn(state) for lib.fit: vertebra AUC (score, all sites pooled) and BMD MAE on pools."""
+  y = pools.rows.label.astype(int).to_numpy()
+  images = pools.read(range(len(pools)))[:, 0]
+  dev = device_index(pools.rows.device)
+
+  def fn(state):
+    variables = state.averaged()
+    o = predict(model, variables, images, dev)
+    out = dict(score=metrics.auc(y, o['prob']), loss_class=metrics.log_loss(y, o['prob']))
+    if with_bmd:
+      bmd = unstandardise_bmd(o['bmd_z'], pools.rows.device, stats)
+      out['bmd_mae'] = float(np.mean(np.abs(bmd - pools.rows.bmd.to_numpy(float))))
+    return out
+
+  return fn
+
+
+def plot_validation(workdir: str, steps_per_epoch: int) -> str:
+  """<workdir>/validation_curve.png: validation AUC (and class loss) against epochs."""
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  with open(os.path.join(workdir, lib.ValidationHistory.FILE), encoding='utf-8') as f:
+    h = json.load(f)
+  ep = np.array([e['step'] for e in h['entries']]) / steps_per_epoch
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.plot(ep, [e['score'] for e in h['entries']], 'o-', label='validation AUC')
+  best = [e for e in h['entries'] if e['step'] == h['best_step']][0]
+  ax.axvline(best['step'] / steps_per_epoch, ls=':', c='grey', label='kept')
+  ax.set(xlabel='epoch', ylabel='vertebra AUC (validation)')
+  ax2 = ax.twinx()
+  ax2.plot(ep, [e['loss_class'] for e in h['entries']], 's--', c='tab:red', ms=3,
+           label='validation class loss')
+  ax2.set_ylabel('class log-loss', color='tab:red')
+  fig.legend(loc='lower center', fontsize=7, ncol=3)
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
+  path = os.path.join(workdir, 'validation_curve.png')
+  with io.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def run(config, workdir: str):
   """Fine-tune on the train split; predictions of valid + test in <workdir>/predictions.csv."""
   os.makedirs(workdir, exist_ok=True)
@@ -236,10 +324,10 @@ def run(config, workdir: str):
   n = len(train)
   if config.batch_size > n:
     raise ValueError(f'batch_size {config.batch_size} exceeds the {n} training vertebrae')
-  stats = bmd_stats(train.rows)
+  stats = bmd_stats(train.rows, config.loss.get('bmd_standardise', 'device'))
   with open(os.path.join(workdir, BMD_STATS), 'w', encoding='utf-8') as f:
     json.dump(stats, f, indent=1)
-  arrays = label_arrays(train.rows, stats)
+  arrays = label_arrays(train.rows, stats, config.loss.get('class_weight', 'none'))
   steps_per_epoch = max(n // config.batch_size, 1)
   total = config.epochs * steps_per_epoch
   optim = _optim(config, steps_per_epoch)
@@ -255,14 +343,19 @@ def run(config, workdir: str):
     idx = lib.host_indices(lib.batch_indices(n, config.batch_size, config.seed, step))
     return dict(image=train.read(idx)[:, 0], **{k: v[idx] for k, v in arrays.items()})
 
+  with_bmd = config.loss.bmd > 0
+  valid = pool_data.ensure_pool(config, ('valid',), progress=False)
+  eval_every = max(int(round(config.get('eval_every_epochs', 1) * steps_per_epoch)), 1)
   state = lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
                   make_batch=make_batch, total_steps=total, seed=config.seed,
                   batch_size=config.batch_size, log_every=config.log_every,
                   ckpt_every=config.ckpt_every, lr_fn=lib.make_schedule(optim, total),
-                  name='finetune')
+                  name='finetune', eval_fn=validation_fn(model, valid, stats, with_bmd),
+                  eval_every=eval_every)
+  print(f'[finetune] validation curve: {plot_validation(workdir, steps_per_epoch)}', flush=True)
   evals = pool_data.ensure_pool(config, ('valid', 'test'), progress=False)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  preds = predict_pools(model, variables, evals, stats, with_bmd=config.loss.bmd > 0)
+  variables = state.averaged()
+  preds = predict_pools(model, variables, evals, stats, with_bmd=with_bmd)
   report(preds, workdir)
   return preds
 

@@ -4,6 +4,10 @@
   pretrain  TP-SwAV pre-training on the unlabeled vertebrae                 <workdir>/pretrain
   finetune  MoE + unified-loss fine-tuning from that encoder, evaluated    <workdir>/finetune
             on valid/test: the per-site table, ROC curves, predictions
+  compare   the model beside what a clinician would use instead (the L1    <workdir>/compare
+            trabecular HU rules, radiomics + logistic regression) and the
+            ceilings (the oracle, the CT-only oracle) on the same test split:
+            tables and overlaid ROC curves (osteojax/baselines.py, cached)
 
 Each stage is an ordinary task (osteojax/tasks.py) with its own config section (config.pretrain,
 config.finetune); config.data is shared by all of them. Every stage caches or resumes, so a
@@ -14,7 +18,29 @@ from __future__ import annotations
 import os
 import time
 
-from osteojax import tasks
+from osteojax import baselines, tasks
+from osteojax.data import io as dio
+from osteojax.data import task as data_task
+from osteojax.evaluate import diagnosis
+
+MODEL = 'tpswav_unified_moe'
+
+
+def compare(preds, data_dir: str, workdir: str, ct_only_patients: int = 20000) -> dict:
+  """The model beside the baselines and oracles on the same split: <workdir>/compare."""
+  rows = baselines.run_baselines(data_dir, os.path.join(workdir, 'baselines'), report=False,
+                                 progress=True, ct_only_patients=ct_only_patients)
+  models = {MODEL: preds, **rows}
+  out = os.path.join(workdir, 'compare')
+  summary = diagnosis.write_report(models, out, base=MODEL)
+  text = '\n\n'.join(f'{level} {metric.upper()} (test split; threshold from validation):\n\n'
+                      + diagnosis.compact_table(summary, metric, level)
+                      for level in ('vertebra',) for metric in ('auc', 'f1', 'f1_f1thr'))
+  dio.atomic_write_text(os.path.join(out, 'compact.md'), text + '\n')
+  print(text, flush=True)
+  print(f'[pipeline] model vs baselines and oracles: {out}/ (results.md, roc_vertebra.png, '
+        'roc_patient.png)', flush=True)
+  return summary
 
 
 def stage_config(config, name: str):
@@ -35,6 +61,8 @@ def run(config, workdir: str):
   with ft.unlocked():
     ft.init.checkpoint = os.path.join(workdir, 'pretrain')
   preds = tasks.run(ft, os.path.join(workdir, 'finetune'))
+  compare(preds, data_task.data_dir(ft), workdir,
+          config.get('compare', {}).get('ct_only_patients', 20000))
   print(f'[pipeline] data -> TP-SwAV pre-training -> MoE fine-tuning -> evaluation in '
         f'{(time.time() - t0) / 60:.1f} min; outputs in {workdir}/ (tensorboard --logdir '
         f'{workdir})', flush=True)

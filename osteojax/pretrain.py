@@ -15,37 +15,63 @@ from jax import lax
 from osteojax.data import augment, pool_data
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav
+from osteojax.texture import pool
 from osteojax.train import lib
 
 
 # ------------------------------------------------------------------------------------ views
-def _augment(x, key, c):
-  return augment.flip_and_scale(x, key, c.flip_prob, c.intensity)
+def _intensity(v, key, c):
+  return augment.perturb_intensity(v, key, c.intensity, pool.HU_WINDOW)
 
 
-def pool_views(pool, key, c):
-  """TP-SwAV: c.num_views distinct pool members of one vertebra. pool: [P, D, H, W] -> [V, ...]."""
+def pool_views(pool_, key, c):
+  """TP-SwAV: c.num_views distinct pool members of one vertebra. pool: [P, D, H, W] -> [V, ...].
+
+  Each view is flipped at random; the original member (index 0) also gets the intensity
+  augmentation (augment.INTENSITY_MODES, in HU): the texture maps are not in HU.
+  """
   kp, ka = jax.random.split(key)
-  members = jax.random.permutation(kp, pool.shape[0])[:c.num_views]
-  views = pool[members]
-  return jax.vmap(lambda v, k: _augment(v, k, c))(views, jax.random.split(ka, c.num_views))
+  members = jax.random.permutation(kp, pool_.shape[0])[:c.num_views]
+  views = pool_[members]
+
+  def one(v, m, k):
+    kf, ki = jax.random.split(k)
+    v = augment.flip(v, kf, c.flip_prob)
+    return jnp.where(m == 0, _intensity(v, ki, c), v)
+
+  return jax.vmap(one)(views, members, jax.random.split(ka, c.num_views))
 
 
-def crop_views(pool, key, c):
-  """SwAV: c.num_views random zoomed crops of the original (pool[0]). -> [V, D, H, W]."""
-  vol = pool[0]
-  shape = vol.shape
+def _crop(vol, key, frac_range, out_shape, c):
+  """A random cube-fraction crop of vol, zoomed to out_shape, flipped and intensity-augmented."""
+  ks, kt, kf, ki = jax.random.split(key, 4)
+  frac = jax.random.uniform(ks, (), minval=frac_range[0], maxval=frac_range[1])
+  n = jnp.array(vol.shape, jnp.float32)
+  scale = jnp.array(out_shape, jnp.float32) / (frac * n)
+  # translation so that the crop [o, o + frac * n) fills the output: out = in * s + t
+  offset = jax.random.uniform(kt, (3,)) * (1 - frac) * n
+  out = jax.image.scale_and_translate(vol, out_shape, (0, 1, 2), scale, -offset * scale,
+                                      'linear')
+  return _intensity(augment.flip(out, kf, c.flip_prob), ki, c)
 
-  def one(k):
-    ks, kt, ka = jax.random.split(k, 3)
-    frac = jax.random.uniform(ks, (), minval=c.crop_min, maxval=1.0)   # crop edge / volume
-    scale = jnp.full((3,), 1.0 / frac)
-    # translation so that the crop [o, o + frac * n) fills the output: out = in * s + t
-    offset = jax.random.uniform(kt, (3,)) * (1 - frac) * jnp.array(shape)
-    out = jax.image.scale_and_translate(vol, shape, (0, 1, 2), scale, -offset * scale, 'linear')
-    return _augment(out, ka, c)
 
-  return jax.vmap(one)(jax.random.split(key, c.num_views))
+def small_crop_shape(shape, c):
+  return tuple(max(int(round(s * c.small_crop_size)), 4) for s in shape)
+
+
+def crop_views(pool_, key, c):
+  """SwAV: c.num_views global crops (edge fraction U(c.crop_min, 1)) of the original (pool[0])
+  at full size, and c.small_crops small crops (edge fraction in c.small_crop_range) zoomed to
+  c.small_crop_size of the edge (SwAV's multi-crop). -> ([V, D, H, W], [S, d, h, w] or None)."""
+  vol = pool_[0]
+  kg, ks = jax.random.split(key)
+  glob = jax.vmap(lambda k: _crop(vol, k, (c.crop_min, 1.0), vol.shape, c))(
+      jax.random.split(kg, c.num_views))
+  if not c.small_crops:
+    return glob, None
+  small = small_crop_shape(vol.shape, c)
+  return glob, jax.vmap(lambda k: _crop(vol, k, tuple(c.small_crop_range), small, c))(
+      jax.random.split(ks, c.small_crops))
 
 
 # ------------------------------------------------------------------------------------ model
@@ -64,46 +90,91 @@ def optimizer_config(config, steps_per_epoch):
 
 
 def init_state(config, model, input_shape, optim, total_steps):
-  """Initial TrainState: params from config.seed, unit prototypes, AdamW on the schedule."""
+  """Initial TrainState: params from config.seed, unit prototypes, AdamW on the schedule.
+
+  With a queue (config.swav.queue_length > 0), batch_stats['queue'] holds the last
+  queue_length global-batch embeddings of each coded view, [V, Q, proj_dim], zeros at first.
+  """
   x = jnp.zeros((2,) + tuple(input_shape) + (1,), jnp.float32)
   variables = model.init(jax.random.PRNGKey(config.seed), x, train=False)
   params = heads.normalize_prototypes(variables['params'])
+  stats = dict(variables['batch_stats'])
+  if config.swav.queue_length:
+    stats['queue'] = jnp.zeros((config.swav.num_views, config.swav.queue_length,
+                                config.swav.proj_dim), jnp.float32)
   return lib.TrainState.create(apply_fn=model.apply, params=params,
-                               tx=lib.make_optimizer(optim, total_steps),
-                               batch_stats=variables['batch_stats'])
+                               tx=lib.make_optimizer(optim, total_steps), batch_stats=stats)
 
 
-def make_loss_fn(config, model):
+def schedule_steps(config, steps_per_epoch: int) -> dict:
+  """The SwAV step counts of the config's epoch figures: prototype freeze and queue start.
+
+  The queue is used from the first step at which it is full, and not before
+  c.queue_start_epochs.
+  """
+  c = config.swav
+  fill = -(-c.queue_length // config.batch_size) if c.queue_length else 0
+  return dict(freeze=int(round(c.freeze_prototypes_epochs * steps_per_epoch)),
+              queue=max(fill, int(round(c.queue_start_epochs * steps_per_epoch))))
+
+
+def make_loss_fn(config, model, steps_per_epoch: int = 1):
   """loss_fn(params, batch_stats, batch, rng, step) for the shared step builder.
 
   batch['pool']: [b, P, D, H, W] float32 (local shard). Views by config.views: 'pool'|'crops'.
+  Codes come from the coded (global) views over the global batch, with the queue's earlier
+  embeddings once it is in use; small crops (SwAV multi-crop) only predict.
   """
   c = config.swav
   view_fn = {'pool': pool_views, 'crops': crop_views}[config.views]
+  sched = schedule_steps(config, steps_per_epoch)
+
+  def forward(params, stats, views):
+    v = views.shape[1]
+    x = jnp.swapaxes(views, 0, 1).reshape((-1,) + views.shape[2:] + (1,))
+    (z, scores), new_vars = model.apply({'params': params, 'batch_stats': stats}, x,
+                                        train=True, mutable=['batch_stats'])
+    return z.reshape(v, -1, z.shape[-1]), scores.reshape(v, -1, scores.shape[-1]), \
+        new_vars['batch_stats']
 
   def loss_fn(params, batch_stats, batch, rng, step):
-    pool = batch['pool']
-    b = pool.shape[0]
+    pool_ = batch['pool']
+    b = pool_.shape[0]
     keys = lib.example_keys(rng, b)
-    views = jax.vmap(lambda p, k: view_fn(p, k, c))(pool, keys)         # [b, V, D, H, W]
-    v = views.shape[1]
-    x = jnp.swapaxes(views, 0, 1).reshape((v * b,) + views.shape[2:] + (1,))
-    frozen = step < c.freeze_prototypes_steps
+    if config.views == 'pool':
+      views, small = jax.vmap(lambda p, k: view_fn(p, k, c))(pool_, keys), None
+    else:
+      views, small = jax.vmap(lambda p, k: view_fn(p, k, c))(pool_, keys)
+    frozen = step < sched['freeze']
     protos = params['prototypes']['kernel']
     params = {**params, 'prototypes': {
         'kernel': jnp.where(frozen, lax.stop_gradient(protos), protos)}}
-    (_, scores), new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x,
-                                        train=True, mutable=['batch_stats'])
-    scores = scores.reshape(v, b, -1)                                   # [V, b, K]
+    z, scores, stats = forward(params, batch_stats, views)              # [V, b, .]
+    all_scores = scores
+    if small is not None:
+      _, s_small, stats = forward(params, stats, small)
+      all_scores = jnp.concatenate([scores, s_small])
     glob = lax.all_gather(scores, lib.AXIS, axis=1, tiled=True)          # [V, B, K]
-    codes, err = jax.vmap(lambda s: swav.sinkhorn_codes(s, c.epsilon, c.sinkhorn_iterations,
-                                                        c.sinkhorn_threshold))(glob)
+    solve = lambda s: swav.sinkhorn_codes(s, c.epsilon, c.sinkhorn_iterations,
+                                          c.sinkhorn_threshold)
+    codes, err = jax.vmap(solve)(glob)
+    if c.queue_length:
+      queue = batch_stats['queue']                                       # [V, Q, F]
+      q_scores = jnp.einsum('vqf,fk->vqk', queue, lax.stop_gradient(protos))
+      q_codes, q_err = jax.vmap(lambda s, qs: swav.queue_codes(
+          s, qs, c.epsilon, c.sinkhorn_iterations, c.sinkhorn_threshold))(glob, q_scores)
+      use = step >= sched['queue']
+      codes, err = jnp.where(use, q_codes, codes), jnp.where(use, q_err, err)
+      z_glob = lax.all_gather(lax.stop_gradient(z), lib.AXIS, axis=1, tiled=True)
+      n = z_glob.shape[1]
+      stats = {**stats, 'queue': jnp.concatenate([z_glob, queue[:, :queue.shape[1] - n]],
+                                                 axis=1)}
     mine = lax.dynamic_slice_in_dim(codes, lax.axis_index(lib.AXIS) * b, b, axis=1)
-    loss = swav.swapped_prediction_loss(scores, mine, c.temperature)
+    loss = swav.swapped_prediction_loss(all_scores, mine, c.temperature)
     metrics = dict(sinkhorn_marginal_error=jnp.max(err),
                    prototype_entropy=swav.prototype_entropy(glob.reshape(-1, glob.shape[-1]),
                                                              c.temperature))
-    return loss, (new_vars['batch_stats'], metrics)
+    return loss, (stats, metrics)
 
   return loss_fn
 
@@ -132,8 +203,10 @@ def run(config, workdir: str):
     idx = lib.batch_indices(n, config.batch_size, config.seed, step)
     return {'pool': pools.read(lib.host_indices(idx))}
 
-  return lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
+  return lib.fit(workdir=workdir, state=state,
+                 loss_fn=make_loss_fn(config, model, steps_per_epoch),
                  make_batch=make_batch, total_steps=total, seed=config.seed,
                  batch_size=config.batch_size, log_every=config.log_every,
-                 ckpt_every=config.ckpt_every, post_update=post_update,
+                 ckpt_every=config.ckpt_every, max_to_keep=config.get('keep_checkpoints', 3),
+                 post_update=post_update,
                  lr_fn=lib.make_schedule(optim, total), name=config.task)

@@ -1,12 +1,16 @@
 """Linear probes of a frozen pre-trained encoder: does pre-training put bone in the features?
 
-Embeddings: the encoder's pooled features (before the projection head, running batch
-statistics) of the labeled vertebrae's original volumes (pool channel 0). Probes, fitted by
-5-fold stratified cross-validation over the labeled train + valid vertebrae (the default valid
-split alone holds a handful of positives; test is never touched):
+Embeddings: the encoder's pooled features (before the projection head) of the labeled
+vertebrae's original volumes (pool channel 0). Batch statistics: 'running' uses the encoder's
+running averages from pre-training; 'recompute' re-estimates every BatchNorm's statistics on the
+probe's own inputs first (precise BN: the mean over batches of the batch statistics). TP-SwAV's
+running averages mix the original volume with the four texture maps, whose intensities differ,
+while the probe and fine-tuning feed the original volume alone (README, "Recipe choices").
+Probes, fitted by 5-fold cross-validation over the labeled train + valid vertebrae, folds
+grouped by patient and stratified by label (test is never touched):
   - osteoporosis (site-device label): logistic regression -> ROC AUC,
-  - BMD (site-device reading, standardised per device): ridge regression, its penalty chosen
-    by inner leave-one-out (RidgeCV) -> R^2.
+  - BMD (site-device reading, standardised per device: the encoder does not see the device):
+    ridge regression, its penalty chosen by inner leave-one-out (RidgeCV) -> R^2.
 """
 from __future__ import annotations
 
@@ -19,50 +23,92 @@ from osteojax import pretrain
 from osteojax.data import pool_data
 from osteojax.train import lib
 
+BN_MODES = ('running', 'recompute')
 
-def load_encoder_state(config, workdir: str | None, input_shape):
-  """(model, variables) from the newest checkpoint in workdir, or random init when None."""
+
+def load_encoder_state(config, workdir: str | None, input_shape, step: int | None = None):
+  """(model, variables) from workdir's newest checkpoint (or `step`), or random init (None)."""
   model = pretrain.build_model(config)
   optim = pretrain.optimizer_config(config, 1)
   state = pretrain.init_state(config, model, input_shape, optim, 1)
   if workdir is not None:
-    state, step = lib.Checkpoints(workdir).restore(state)
-    if step == 0:
+    state, got = lib.Checkpoints(workdir).restore(state, step)
+    if got == 0:
       raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
   return model, {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def _batches(pools: pool_data.PoolSet, batch: int):
+  for i in range(0, len(pools), batch):
+    yield pools.read(range(i, min(i + batch, len(pools))))[:, 0, ..., None]
+
+
+def recompute_batch_stats(model, variables, pools: pool_data.PoolSet, batch: int = 32):
+  """variables with every BatchNorm's statistics re-estimated on the original volumes of pools.
+
+  Each full batch goes through the model in training mode from zero running averages, so the
+  updated averages are (1 - momentum) x that batch's statistics; their mean over batches,
+  divided by (1 - momentum), is the precise-BN estimate.
+  """
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, variables['batch_stats'])
+
+  def one(x):
+    _, new = model.apply({'params': variables['params'], 'batch_stats': zeros}, x, train=True,
+                         mutable=['batch_stats'])
+    return new['batch_stats']
+
+  fn = jax.jit(jax.vmap(one, axis_name=lib.AXIS))
+  total, n = None, 0
+  for x in _batches(pools, batch):
+    if len(x) < batch:
+      continue
+    s = jax.tree_util.tree_map(lambda a: a[0], fn(jnp.asarray(x)[None]))
+    total = s if total is None else jax.tree_util.tree_map(jnp.add, total, s)
+    n += 1
+  if n == 0:
+    raise ValueError(f'recomputing batch statistics needs at least {batch} vertebrae')
+  momentum = 0.9        # resnet3d / heads BatchNorm momentum
+  stats = jax.tree_util.tree_map(lambda a: a / (n * (1 - momentum)), total)
+  if 'queue' in variables['batch_stats']:
+    stats['queue'] = variables['batch_stats']['queue']
+  return {'params': variables['params'], 'batch_stats': stats}
 
 
 def embeddings(model, variables, pools: pool_data.PoolSet, batch: int = 32) -> np.ndarray:
   """Encoder features [N, F] of the original volume of every ROI in pools."""
   fn = jax.jit(lambda x: model.apply(variables, x, method=model.embed))
-  out = []
-  for i in range(0, len(pools), batch):
-    x = pools.read(range(i, min(i + batch, len(pools))))[:, 0, ..., None]
-    out.append(np.asarray(fn(jnp.asarray(x))))
-  return np.concatenate(out)
+  return np.concatenate([np.asarray(fn(jnp.asarray(x))) for x in _batches(pools, batch)])
 
 
 def probe_scores(features: np.ndarray, rows, seed: int = 0) -> dict:
   """Cross-validated osteoporosis AUC and BMD R^2 of linear probes on `features`."""
   y = rows.label.astype(int).to_numpy()
+  groups = rows.patient_id.to_numpy()
   bmd = rows.bmd.to_numpy(float)
   z = np.zeros_like(bmd)
   for d in rows.device.unique():
     m = (rows.device == d).to_numpy()
     z[m] = (bmd[m] - bmd[m].mean()) / max(bmd[m].std(), 1e-9)
-  folds = model_selection.StratifiedKFold(5, shuffle=True, random_state=seed)
+  folds = list(model_selection.StratifiedGroupKFold(5, shuffle=True, random_state=seed)
+               .split(features, y, groups))
   clf = pipeline.make_pipeline(preprocessing.StandardScaler(),
                                linear_model.LogisticRegression(max_iter=5000, C=0.1))
   p = model_selection.cross_val_predict(clf, features, y, cv=folds, method='predict_proba')[:, 1]
   reg = pipeline.make_pipeline(preprocessing.StandardScaler(),
                                linear_model.RidgeCV(alphas=np.logspace(-2, 5, 15)))
-  zhat = model_selection.cross_val_predict(reg, features, z, cv=folds.split(features, y))
+  zhat = model_selection.cross_val_predict(reg, features, z, cv=folds)
   return dict(auc=float(metrics.roc_auc_score(y, p)), r2=float(metrics.r2_score(z, zhat)),
               n=int(len(y)), positives=int(y.sum()))
 
 
-def run_probe(config, workdir: str | None) -> dict:
-  """Probe the encoder of workdir's newest checkpoint (None: random init of config.seed)."""
-  pools = pool_data.ensure_pool(config, ('train', 'valid'), progress=False)
-  model, variables = load_encoder_state(config, workdir, pools.shape[2:])
+def run_probe(config, workdir: str | None, step: int | None = None, bn: str = 'recompute',
+              pools: pool_data.PoolSet | None = None) -> dict:
+  """Probe the encoder of workdir's checkpoint (newest, or `step`; None: random init of
+  config.seed) with batch statistics `bn` (BN_MODES)."""
+  if bn not in BN_MODES:
+    raise ValueError(f'unknown bn mode {bn!r}; known: {", ".join(BN_MODES)}')
+  pools = pools or pool_data.ensure_pool(config, ('train', 'valid'), progress=False)
+  model, variables = load_encoder_state(config, workdir, pools.shape[2:], step)
+  if bn == 'recompute':
+    variables = recompute_batch_stats(model, variables, pools)
   return probe_scores(embeddings(model, variables, pools), pools.rows, config.seed)

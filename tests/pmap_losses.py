@@ -27,6 +27,7 @@ def main_finetune(steps: int = 3):
               label=rng.integers(0, 2, 16).astype(np.int32),
               bmd_z=rng.normal(size=16).astype(np.float32),
               level=rng.integers(12, 16, 16).astype(np.int32))
+  data['class_weight'] = finetune.class_weights(data['label'], 'balanced')
   model = finetune.build_model(config)
   state = finetune.init_state(config, model, (16, 16, 16), finetune._optim(config, 2), 10)
   p_state = flax.jax_utils.replicate(state)
@@ -42,18 +43,21 @@ def main_finetune(steps: int = 3):
                         proto_sum=float(np.asarray(gate).sum()))))
 
 
-def main(views: str, steps: int = 3):
+def main(views: str, steps: int = 4):
   if views == 'finetune':
     return main_finetune(steps)
   config = tp_swav.get_config('tiny')
   config.views = views
+  if views == 'crops':
+    config.swav.small_crops = 2          # SwAV multi-crop
+  # queue_length 16 = 2 global batches: full, and used, from step 2 on
   rng = np.random.default_rng(0)
   data = rng.random((16, 5, 16, 16, 16)).astype(np.float32)
   model = pretrain.build_model(config)
   optim = pretrain.optimizer_config(config, 2)
   state = pretrain.init_state(config, model, data.shape[2:], optim, 10)
   p_state = flax.jax_utils.replicate(state)
-  step = lib.make_train_step(pretrain.make_loss_fn(config, model),
+  step = lib.make_train_step(pretrain.make_loss_fn(config, model, steps_per_epoch=2),
                              post_update=pretrain.post_update)
   losses = []
   for s in range(steps):

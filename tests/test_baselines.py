@@ -1,5 +1,6 @@
 """Baselines on tiny cases: trabecular region and HU rule by hand, radiomics against
 pyradiomics itself, the oracle against osteojax.data.oracle, the whole run on a mini data set."""
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,8 @@ def mini(tmp_path_factory):
     sitk.WriteImage(phantom.to_image(ct, sp), os.path.join(out, row.path))
     sitk.WriteImage(phantom.to_image(mask, sp), os.path.join(out, row.mask_path))
   osteosim.write_csv_atomic(df, os.path.join(out, osteosim.MANIFEST))
+  with open(os.path.join(out, osteosim.INFO), 'w', encoding='utf-8') as f:
+    json.dump(dict(generator='osteosim', cohort='paper', seed=0), f)
   return out, osteosim.read_manifest(out)
 
 
@@ -180,13 +183,13 @@ def test_oracle_rows_equal_the_oracle(mini):
 def test_run_baselines_writes_tables(mini, tmp_path):
   root, _ = mini
   out = str(tmp_path / 'out')
-  preds = baselines.run_baselines(root, out, progress=False)
+  preds = baselines.run_baselines(root, out, progress=False, ct_only_patients=2000)
   assert set(preds) == set(baselines.BASELINES)
   for name in baselines.BASELINES:
     back = diagnosis.read_predictions(os.path.join(out, f'{name}.csv'))
     assert set(back.split) == {'valid', 'test'}
   md = open(os.path.join(out, 'results.md'), encoding='utf-8').read()
-  assert '| hu160 | 1 |' in md and '| oracle | 1 |' in md
+  assert '| hu160 | 1 |' in md and '| oracle | 1 |' in md and '| oracle_ct_only | 1 |' in md
   assert os.path.exists(os.path.join(out, 'roc_patient.png'))
 
 

@@ -90,14 +90,31 @@ def test_labels_and_bad_values():
   rows = pd.DataFrame(dict(device=['hologic', 'hologic', 'medix', 'medix'],
                            bmd=[0.9, 1.1, 0.8, 1.0], label=[0, 1, 1, 0],
                            level=['L1', 'L2', 'L3', 'T12']))
-  stats = finetune.bmd_stats(rows)
+  # Global (default): one mean/SD over every reading (0.95, sd of 0.9 1.1 0.8 1.0), so the
+  # target keeps the makers' offsets: hologic readings stay above medix ones.
+  g = finetune.bmd_stats(rows)
+  sd = np.sqrt(np.mean((np.array([0.9, 1.1, 0.8, 1.0]) - 0.95) ** 2))
+  for d in ('hologic', 'ge_lunar', 'medix'):
+    assert g[d] == pytest.approx((0.95, sd))
+  zg = finetune.standardise_bmd(rows.bmd, rows.device, g)
+  np.testing.assert_allclose(zg, (np.array([0.9, 1.1, 0.8, 1.0]) - 0.95) / sd, rtol=1e-5)
+  # Per device (ablation): each device's own mean/SD, the offsets are gone.
+  stats = finetune.bmd_stats(rows, 'device')
   assert stats['hologic'] == pytest.approx((1.0, 0.1))
+  assert stats['medix'] == pytest.approx((0.9, 0.1))
   z = finetune.standardise_bmd(rows.bmd, rows.device, stats)
   np.testing.assert_allclose(z, [-1, 1, -1, 1], rtol=1e-5)
   np.testing.assert_allclose(finetune.unstandardise_bmd(z, rows.device, stats), rows.bmd,
                              rtol=1e-6)
+  with pytest.raises(ValueError, match='unknown bmd_standardise'):
+    finetune.bmd_stats(rows, 'site')
   a = finetune.label_arrays(rows, stats)
   assert list(a['level']) == [12, 13, 14, 11] and list(a['device']) == [0, 0, 2, 2]
+  np.testing.assert_array_equal(a['class_weight'], 1.0)
+  # balanced: n / (2 n_class): 3 negatives and 1 positive -> 4/6 and 4/2; mean weight 1.
+  w = finetune.class_weights([0, 0, 0, 1], 'balanced')
+  np.testing.assert_allclose(w, [4 / 6, 4 / 6, 4 / 6, 2.0])
+  assert w.mean() == pytest.approx(1.0)
   with pytest.raises(ValueError, match='unknown DXA device'):
     finetune.device_index(['hologic', 'norland'])
   with pytest.raises(ValueError, match='unknown vertebra level'):

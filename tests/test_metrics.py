@@ -109,3 +109,37 @@ def test_verification_by_hand():
   import pytest
   with pytest.raises(ValueError, match='square'):
     metrics.retrieval_metrics(np.zeros((2, 3)))
+
+
+def test_f1_threshold_by_hand_and_against_brute_force():
+  y = [0, 0, 1, 0, 1, 1]
+  s = [1, 2, 3, 4, 5, 6]
+  # cut >= 6: F1 = 2/4; >= 5: 4/5; >= 4: 4/6; >= 3: 6/7 (best); >= 2: 6/8; >= 1: 6/9.
+  assert metrics.f1_threshold(y, s) == 2.5                     # midpoint of 3 and 2
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    yy = rng.integers(0, 2, 25)
+    yy[0] = 1
+    ss = np.round(rng.normal(size=25) + yy, 1)
+    t = metrics.f1_threshold(yy, ss)
+    best = max(metrics.binary_metrics(yy, ss >= c)['f1'] for c in np.unique(ss))
+    assert metrics.binary_metrics(yy, ss >= t)['f1'] == pytest.approx(best)
+  with pytest.raises(ValueError, match='positive case'):
+    metrics.f1_threshold([0, 0], [0.2, 0.3])
+
+
+def test_log_loss_by_hand():
+  assert metrics.log_loss([1, 0], [0.8, 0.4]) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+
+
+def test_progress_in_a_log_is_lines_not_redraws(capsys):
+  import io as _io
+  from osteojax import progress
+  buf = _io.StringIO()                       # not a terminal
+  b = progress.bar(total=4, desc='work', unit='roi', interval=0.0, file=buf)
+  for _ in range(4):
+    b.update()
+  b.close()
+  lines = buf.getvalue().splitlines()
+  assert '\r' not in buf.getvalue() and len(lines) == 4
+  assert lines[-1].startswith('[work] 4/4 roi (100%)')

@@ -66,3 +66,20 @@ def test_oracle_beats_ct_density_alone(labeled_rows):
   auc_hu = metrics.auc(y, -labeled_rows.hu_true.to_numpy())
   assert auc_oracle > auc_hu
   assert 0.85 < auc_oracle < 1.0
+
+
+def test_ct_only_oracle_between_ct_density_and_the_full_oracle(labeled_rows):
+  """Integrating out age, sex and the cortical part costs AUC but keeps calibration."""
+  rows = labeled_rows.reset_index(drop=True)
+  ct = oracle.ct_only_scores(rows, 'paper', patients=4000)
+  full, _ = oracle.oracle_scores(rows)
+  y = rows.label.astype(int).to_numpy()
+  assert metrics.auc(y, ct) <= metrics.auc(y, full) + 0.005
+  assert metrics.auc(y, ct) > metrics.auc(y, -rows.hu_true.to_numpy())
+  for site in ('A', 'B'):                       # calibrated: mean posterior ~ prevalence
+    m = (rows.site == site).to_numpy()
+    assert abs(ct[m].mean() - y[m].mean()) < 0.05, site
+  # the same visible truth gives the same posterior whatever the invisible age
+  older = rows.assign(age=rows.age + 10)
+  np.testing.assert_allclose(oracle.ct_only_scores(older.iloc[:50], 'paper', patients=4000),
+                             ct[:50])

@@ -80,12 +80,44 @@ def _losses(devices, views):
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def test_swapped_prediction_multicrop_by_hand():
+  """Codes of the first Vc views only; every other view predicts each (SwAV multi-crop)."""
+  tau = 1.0
+  s = jnp.array([[[1.0, 0.0]], [[0.0, 2.0]], [[0.5, -0.5]]])    # V=3 (2 global + 1 small)
+  q = jnp.array([[[0.25, 0.75]], [[0.6, 0.4]]])                   # Vc=2
+  logp = np.log(np.exp(np.asarray(s[:, 0])) / np.exp(np.asarray(s[:, 0])).sum(1, keepdims=True))
+  ce = lambda qs, t: -(np.asarray(qs) * logp[t]).sum()
+  # s=0: views 1, 2 predict q0; s=1: views 0, 2 predict q1; mean over t then s, times 2.
+  want = 2 * ((ce(q[0, 0], 1) + ce(q[0, 0], 2)) / 2 + (ce(q[1, 0], 0) + ce(q[1, 0], 2)) / 2) / 2
+  np.testing.assert_allclose(swav.swapped_prediction_loss(s, q, tau), want, rtol=1e-6)
+
+
+def test_queue_codes_are_the_batch_rows_of_sinkhorn_over_queue_and_batch():
+  key = jax.random.PRNGKey(3)
+  z = heads.l2_normalize(jax.random.normal(key, (20, 8)))
+  c = heads.l2_normalize(jax.random.normal(jax.random.PRNGKey(4), (8, 5)), axis=0)
+  scores = z @ c
+  got, _ = swav.queue_codes(scores[12:], scores[:12], 0.05, 200, 1e-6)
+  full, _ = swav.sinkhorn_codes(scores, 0.05, 200, 1e-6)
+  np.testing.assert_allclose(got, full[12:], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-4)     # each batch example: one unit
+  # with the queue the batch alone need not be equipartitioned
+  assert float(jnp.abs(got.sum(0) - 8 / 5).max()) > 1e-3
+
+
 def test_one_and_four_devices_agree():
+  """TP-SwAV views with the queue in use from step 2 (tiny config: queue of 2 batches)."""
   one, four = _losses(1, 'pool'), _losses(4, 'pool')
   assert one['devices'] == 1 and four['devices'] == 4
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
   assert len(set(np.round(one['losses'], 4))) > 1      # it does train
+
+
+def test_swav_multicrop_one_and_four_devices_agree():
+  one, four = _losses(1, 'crops'), _losses(4, 'crops')
+  np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_fallback_on_corruption(tmp_path):
@@ -102,3 +134,41 @@ def test_checkpoint_fallback_on_corruption(tmp_path):
   ck = lib.Checkpoints(str(tmp_path), max_to_keep=3, every=1)
   restored, step = ck.restore(state)
   assert step == 1 and np.allclose(restored['w'], np.arange(4.0))
+
+
+class _Pools:
+  def __init__(self, x):
+    self.x = x
+    self.shape = x.shape
+
+  def __len__(self):
+    return len(self.x)
+
+  def read(self, idx):
+    return self.x[list(idx)]
+
+
+def test_recomputed_batch_stats_are_the_data_statistics():
+  """With one full batch, precise BN makes running-average outputs equal to training-mode
+  (batch-statistics) outputs on that batch: the statistics are the inputs' own."""
+  import sys as _sys
+  _sys.path.insert(0, os.path.join(ROOT, 'configs'))
+  import tp_swav
+  from osteojax import pretrain, probe
+  c = tp_swav.get_config('tiny')
+  rng = np.random.default_rng(0)
+  x = (rng.random((32, 5, 16, 16, 16)) * 0.3 + 0.4).astype(np.float32)
+  model = pretrain.build_model(c)
+  state = pretrain.init_state(c, model, (16, 16, 16), pretrain.optimizer_config(c, 1), 1)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  fixed = probe.recompute_batch_stats(model, variables, _Pools(x))
+  inp = jnp.asarray(x[:, 0, ..., None])
+  z_eval, _ = model.apply(fixed, inp, train=False)
+  z_train, _ = jax.vmap(lambda v: model.apply(variables, v, train=True,
+                                              mutable=['batch_stats'])[0],
+                        axis_name='batch')(inp[None])
+  np.testing.assert_allclose(np.asarray(z_eval), np.asarray(z_train[0]), rtol=2e-3, atol=2e-4)
+  # the init's running averages (mean 0, var 1) are not these statistics
+  z_init, _ = model.apply(variables, inp, train=False)
+  assert np.abs(np.asarray(z_init) - np.asarray(z_train[0])).max() > 10 * 2e-4
+  assert 'queue' in fixed['batch_stats']

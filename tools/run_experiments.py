@@ -1,7 +1,7 @@
 """The experiment grid of the paper's Tables 2-4 on OsteoSim, with baselines and the oracle.
 
   python tools/run_experiments.py --seeds 0 1 2 --out results/grid [--arg ''] \
-      [--finetune-epochs N] [--pretrain-epochs N] [--pretrain-seeds shared|each]
+      [--finetune-epochs N] [--pretrain-epochs N] [--pretrain-seeds each|shared]
 
 Rows (each fine-tuned with every seed; encoder, data and budget shared):
   scratch_class        ResNet34-3D from scratch, class loss
@@ -10,12 +10,15 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   tpswav_class_bmd     + BMD loss
   tpswav_unified       + level loss (the unified loss, eq. 4)
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
-plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr and the oracle
-(tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run (seed 0) shared by the
-fine-tuning seeds (--pretrain-seeds shared, the default, to fit a CPU), or one per seed (each).
+plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
+CT-only oracle (tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run per seed,
+used by the fine-tuning runs of that seed (--pretrain-seeds each, the default: the spread is
+that of pre-training and fine-tuning together), or one seed-0 run shared by all (shared).
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
 skipped, interrupted ones resume from their checkpoints. Writes <out>/results.md, results.json,
-roc_vertebra.png, roc_patient.png (thresholds from validation only) and prints the tables.
+results_compact.md, roc_vertebra.png, roc_patient.png (thresholds from validation only),
+validation_curves.png (validation AUC against epochs of every fine-tuning run) and prints the
+tables.
 """
 import argparse
 import os
@@ -59,6 +62,40 @@ def _run(cmd, done_file):
   print(f'[grid] {time.time() - t0:.0f} s', flush=True)
 
 
+def plot_validation_curves(runs: str, rows, seeds, path: str):
+  """Validation AUC against epochs, one panel per row, one line per seed."""
+  import json
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  from osteojax.data import io as dio
+  fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.8), sharey=True,
+                           squeeze=False)
+  for ax, row in zip(axes[0], rows):
+    for seed in seeds:
+      wd = os.path.join(runs, f'{row}_s{seed}')
+      f = os.path.join(wd, 'validation.json')
+      if not os.path.exists(f):
+        continue
+      with open(f, encoding='utf-8') as fh:
+        h = json.load(fh)
+      with open(os.path.join(wd, 'config.json'), encoding='utf-8') as fh:
+        every = json.load(fh).get('eval_every_epochs', 1)
+      ep = [every * (i + 1) for i in range(len(h['entries']))]
+      line, = ax.plot(ep, [e['score'] for e in h['entries']], lw=1, label=f'seed {seed}')
+      k = [e['step'] for e in h['entries']].index(h['best_step'])
+      ax.plot(ep[k], h['entries'][k]['score'], 'o', ms=4, c=line.get_color())
+    ax.set(title=row, xlabel='epoch')
+    ax.title.set_fontsize(8)
+  axes[0][0].set_ylabel('validation vertebra AUC')
+  axes[0][-1].legend(fontsize=6)
+  fig.suptitle('Fine-tuning: validation AUC per epoch (dot: the checkpoint kept)', fontsize=9)
+  fig.tight_layout()
+  with dio.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
@@ -67,7 +104,7 @@ def main():
   ap.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
   ap.add_argument('--finetune-epochs', type=int, default=None)
   ap.add_argument('--pretrain-epochs', type=int, default=None)
-  ap.add_argument('--pretrain-seeds', choices=('shared', 'each'), default='shared')
+  ap.add_argument('--pretrain-seeds', choices=('shared', 'each'), default='each')
   ap.add_argument('--no-baselines', action='store_true')
   ap.add_argument('--report-only', action='store_true',
                   help='tables from the finished runs only; start nothing')
@@ -116,10 +153,11 @@ def main():
   compact = '\n\n'.join(
       f'{level} {metric.upper()} (test split, mean ± SD over seeds):\n\n'
       + diagnosis.compact_table(summary, metric, level)
-      for level in diagnosis.LEVELS for metric in ('f1', 'auc'))
+      for level in diagnosis.LEVELS for metric in ('auc', 'f1', 'f1_f1thr'))
   with open(os.path.join(a.out, 'results_compact.md'), 'w', encoding='utf-8') as f:
     f.write(compact + '\n')
   print(compact, flush=True)
+  plot_validation_curves(runs, a.rows, a.seeds, os.path.join(a.out, 'validation_curves.png'))
   print(f'[grid] {n_runs} runs reported in {(time.time() - t0) / 60:.1f} min; tables and ROC '
         f'curves in {a.out}/', flush=True)
 

@@ -1,20 +1,80 @@
-"""Light augmentation of one CT volume, shared by pre-training and fine-tuning (JAX, jit-able)."""
+"""Augmentation of one CT volume, shared by pre-training and fine-tuning (JAX, jit-able).
+
+The osteoporosis label measures bone density, and the network reads density from the original
+channel's intensity: an intensity perturbation larger than what separates the classes erases
+the signal (the trabecular HU of the two classes differ by ~85 HU). So the intensity
+augmentation is expressed in HU and bounded by the scanner variation the generator itself
+models (`params.SCANNERS`): an HU offset within half the span of the scanners' offsets and a
+gain on bone (HU > 0) within half the span of their kV gains, i.e. a perturbation no larger
+than the difference between two of the data set's own scanners. `INTENSITY_MODES` names the
+choices compared on the validation split (README, "Recipe choices"):
+
+  'none'     flips only;
+  'offset'   + an HU offset, U(-o, o), o = half the scanners' offset span (18 HU);
+  'scanner'  + that offset and a bone gain U(1 - g, 1 + g), g = half the kV-gain span (0.07);
+  'legacy'   the first build's scale U(0.9, 1.1) and shift U(-0.1, 0.1) of the normalised
+             input (a shift of up to +-150 HU), kept as the ablation that shows the damage.
+"""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from osteojax.data import params as P
 
-def flip_and_scale(x, key, flip_prob: float, intensity: float):
-  """Random flips on each axis and an intensity scale/shift of the non-zero voxels.
+INTENSITY_MODES = ('none', 'offset', 'scanner', 'legacy')
+LEGACY_INTENSITY = 0.1
 
-  x: [D, H, W]. scale ~ U(1 - intensity, 1 + intensity), shift ~ U(-intensity, intensity);
-  background (exact zeros: outside the vertebra mask of a pool) stays zero.
-  """
-  kf, ks, kb = jax.random.split(key, 3)
-  flips = jax.random.bernoulli(kf, flip_prob, (3,))
+
+def scanner_ranges() -> tuple[float, float]:
+  """(HU offset bound, relative bone-gain bound): half the spans of params.SCANNERS."""
+  offsets = [s['offset'] for s in P.SCANNERS.values()]
+  gains = [s['kv_gain'] for s in P.SCANNERS.values()]
+  return (max(offsets) - min(offsets)) / 2, (max(gains) - min(gains)) / 2
+
+
+def intensity_bounds(mode: str) -> tuple[float, float, float]:
+  """(hu_offset, hu_gain, legacy) bounds of an INTENSITY_MODES name."""
+  if mode not in INTENSITY_MODES:
+    raise ValueError(f'unknown intensity augmentation {mode!r}; known: '
+                     f'{", ".join(INTENSITY_MODES)}')
+  offset, gain = scanner_ranges()
+  return {'none': (0.0, 0.0, 0.0), 'offset': (offset, 0.0, 0.0),
+          'scanner': (offset, gain, 0.0), 'legacy': (0.0, 0.0, LEGACY_INTENSITY)}[mode]
+
+
+def flip(x, key, flip_prob: float):
+  """Random flips of x [D, H, W] on each axis with probability flip_prob."""
+  flips = jax.random.bernoulli(key, flip_prob, (3,))
   for ax in range(3):
     x = jnp.where(flips[ax], jnp.flip(x, ax), x)
-  scale = 1 + intensity * jax.random.uniform(ks, (), minval=-1, maxval=1)
-  shift = intensity * jax.random.uniform(kb, (), minval=-1, maxval=1)
-  return x * scale + shift * (x != 0)
+  return x
+
+
+def perturb_intensity(x, key, mode: str, hu_window: tuple[float, float]):
+  """The intensity perturbation `mode` of a normalised original volume x [D, H, W].
+
+  x is the pool's original channel, (clip(HU, lo, hi) - lo) / (hi - lo) with
+  hu_window = (lo, hi) (texture.pool.HU_WINDOW); the result is clipped to the same window.
+  Background (exact zeros: outside the vertebra mask) stays zero.
+  """
+  offset, gain, legacy = intensity_bounds(mode)
+  if offset == gain == legacy == 0:
+    return x
+  ko, kg = jax.random.split(key)
+  u_o = jax.random.uniform(ko, (), minval=-1, maxval=1)
+  u_g = jax.random.uniform(kg, (), minval=-1, maxval=1)
+  if legacy:
+    y = x * (1 + legacy * u_g) + legacy * u_o
+  else:
+    lo, hi = hu_window
+    hu = x * (hi - lo) + lo
+    hu = hu + gain * u_g * jnp.maximum(hu, 0.0) + offset * u_o
+    y = (jnp.clip(hu, lo, hi) - lo) / (hi - lo)
+  return jnp.where(x != 0, y, 0.0)
+
+
+def augment_original(x, key, flip_prob: float, intensity: str, hu_window):
+  """Flips and the intensity perturbation of a normalised original volume x [D, H, W]."""
+  kf, ki = jax.random.split(key)
+  return perturb_intensity(flip(x, kf, flip_prob), ki, intensity, hu_window)

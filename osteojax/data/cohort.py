@@ -144,10 +144,14 @@ def _draw_patients(rng, n):
   return age, female
 
 
-def draw_subjects(rng, age, female):
-  """Per-patient latents for arrays age [N] and female [N]: HU_L1, PDFF, size, DXA residuals."""
+def draw_subjects(rng, age, female, hu_shift_sd: float = 0.0):
+  """Per-patient latents for arrays age [N] and female [N]: HU_L1, PDFF, size, DXA residuals.
+
+  hu_shift_sd: referral selection (params.REFERRAL_SHIFT_SD): the L1 HU residual is drawn from
+  N(-hu_shift_sd, 1) * HU_L1_SD instead of N(0, 1) * HU_L1_SD.
+  """
   n = len(age)
-  hu = hu_l1_mean(age, female) + rng.normal(0, P.HU_L1_SD, n)
+  hu = hu_l1_mean(age, female) + P.HU_L1_SD * (rng.normal(0, 1, n) - hu_shift_sd)
   pdff = np.clip(pdff_mean(age, female) + rng.normal(0, P.PDFF_SD, n), 10, 80)
   size = np.where(female, 1.0, P.MALE_SIZE_FACTOR) * np.exp(rng.normal(0, P.SIZE_SD, n))
   base = 1 + rng.normal(0, P.ABMD_BASE_CV, n)
@@ -217,38 +221,89 @@ def _scan_levels(rng, has_l6):
   return list(P.LEVELS[P.LEVEL_INDEX[lo]:P.LEVEL_INDEX[hi] + 1])
 
 
-def sample_cohort(scale: float, seed: int, labeled_scale: float | None = None) -> pd.DataFrame:
+def stratify_splits(patients, rng):
+  """Re-deal patients to the split slots so that every split gets its share of positives.
+
+  patients: [(split, rows)] as drawn. Within each group of patients with the same number of
+  vertebrae, the patients (positive ones first, the order within random) are dealt to that
+  group's split slots in order of the slots' evenly spaced positions, so each split receives a
+  share of the group's positive patients proportional to its size (within one) while the
+  patient and vertebra counts of every split (Table 1) stay exactly as drawn. Returns
+  [(split, rows)] with the new splits, each split's patients in random order.
+  """
+  out = []
+  sizes = sorted({len(r) for _, r in patients})
+  for k in sizes:
+    group = [(s, r) for s, r in patients if len(r) == k]
+    slots = [s for s, _ in group]
+    pos = []
+    for s in P.SPLITS:
+      m = slots.count(s)
+      pos += [((j + 0.5) / m, P.SPLITS.index(s), s) for j in range(m)]
+    order = [s for *_, s in sorted(pos)]
+    rows = [r for _, r in group]
+    positive = np.array([max(x['label'] for x in r) for r in rows])
+    perm = rng.permutation(len(rows))
+    ranked = sorted(perm, key=lambda i: -positive[i])         # stable: random within class
+    out += [(split, rows[i]) for split, i in zip(order, ranked)]
+  order_of = {s: i for i, s in enumerate(P.SPLITS)}
+  shuffle = rng.permutation(len(out))                          # no order by label or size
+  return [out[i] for i in sorted(range(len(out)), key=lambda i: (order_of[out[i][0]],
+                                                                   shuffle[i]))]
+
+
+def check_cohort(name: str) -> str:
+  if name not in P.COHORTS:
+    raise ValueError(f'unknown cohort {name!r}; known: {", ".join(P.COHORTS)}')
+  return name
+
+
+def sample_cohort(scale: float, seed: int, labeled_scale: float | None = None,
+                  cohort: str = 'paper', sites=None) -> pd.DataFrame:
   """The OsteoSim table: one row per vertebra ROI with its whole truth (no images, no paths).
 
   scale: multiplies every count of the paper's Table 1 (>= 1 where a count is non-zero).
   labeled_scale: multiplies the labeled (train/valid/test) counts instead, when given: a
     small unlabeled pre-training set beside a larger labeled one. None: `scale` for both.
-  seed: the whole table is a function of (scale, labeled_scale, seed).
+  cohort: 'paper' (patients referred for DXA: each site's prevalence follows the paper's
+    Table 2, params.REFERRAL_SHIFT_SD) or 'population' (NHANES-like adults).
+  sites: the sites to draw (default all; a site's rows do not depend on the others).
+  seed: the whole table is a function of (scale, labeled_scale, cohort, seed).
   """
   lscale = scale if labeled_scale is None else labeled_scale
-  rng = np.random.default_rng([seed, 0])
+  shifts = P.REFERRAL_SHIFT_SD[check_cohort(cohort)]
   rows = []
-  for site, spec in P.SITES.items():
+  for k, (site, spec) in enumerate(P.SITES.items()):
+    if sites is not None and site not in sites:
+      continue
+    rng = np.random.default_rng([seed, 0, k])
     device = spec['device']
     groups = [(split, _counts(spec['patients'][j], lscale),
                _counts(spec['vertebrae'][j], lscale))
               for j, split in enumerate(P.SPLITS)]
+    patients = []                     # (split slot, that patient's rows)
     for split, n_pat, n_vert in groups:
       if n_pat == 0:
         continue
       n_vert = int(np.clip(n_vert, n_pat, 4 * n_pat))
       age, female = _draw_patients(rng, n_pat)
-      subj = draw_subjects(rng, age, female)
+      subj = draw_subjects(rng, age, female, shifts[site])
       picks = _labeled_levels(rng, n_pat, n_vert)
       scanners = rng.choice(spec['scanners'], n_pat)
       for i in range(n_pat):
-        pid = f'{site}-{split}-{i:05d}'
         levels = [P.LABELED_LEVELS[j] for j in picks[i]]
-        for r in vertebra_rows(rng, subj, i, age[i], female[i], levels, labeled=True):
-          r.update(patient_id=pid, site=site, split=split, device=device,
-                   scanner=str(scanners[i]), bmd=r[f'bmd_{device}'],
+        prow = vertebra_rows(rng, subj, i, age[i], female[i], levels, labeled=True)
+        for r in prow:
+          r.update(site=site, device=device, scanner=str(scanners[i]), bmd=r[f'bmd_{device}'],
                    t_score=r[f't_{device}'], label=r[f'label_{device}'])
-          rows.append(r)
+        patients.append((split, prow))
+    counter = {s: 0 for s in P.SPLITS}
+    for split, prow in stratify_splits(patients, rng):
+      pid = f'{site}-{split}-{counter[split]:05d}'
+      counter[split] += 1
+      for r in prow:
+        r.update(patient_id=pid, split=split)
+        rows.append(r)
     # Unlabeled pre-training vertebrae: other patients' chest/abdominal CTs, all levels.
     n_unl = _counts(spec['unlabeled'], scale)
     i = 0

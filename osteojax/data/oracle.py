@@ -86,3 +86,41 @@ def oracle_scores(df: pd.DataFrame, device_col: str = 'device'):
   per_patient = log_neg.groupby('patient_id', sort=True).sum()
   patient = pd.Series(1 - np.exp(per_patient.to_numpy()) @ wr, index=per_patient.index)
   return vert, patient
+
+
+# ----------------------------------------------------------------------------------------------
+# The CT-only oracle: the posterior given what the model sees.
+
+CT_VISIBLE = ('vbmd', 'pdff', 'size_factor', 'level_index')
+CT_ONLY_REFERENCE_PATIENTS = 20000    # generator patients per site behind the estimate
+CT_ONLY_SEED = 9173                   # their seed (a reference cohort, not the data set's)
+
+
+def ct_only_scores(df: pd.DataFrame, cohort_name: str = 'paper',
+                   patients: int = CT_ONLY_REFERENCE_PATIENTS, seed: int = CT_ONLY_SEED):
+  """Vertebra posteriors [N] P(label = 1 | CT-visible truth, device, site) for labeled rows df.
+
+  A model sees the rendered CT and the DXA device, not the patient's age or sex: the phantom
+  renders the trabecular bone fraction (vbmd), marrow fat (pdff) and the body's size and level
+  (CT_VISIBLE), but not the cortical/posterior part of the areal BMD (base_factor), and the
+  label's DXA-side noise depends on age and sex. This oracle integrates what is not visible
+  under the generator's own prior: E[P(label | abmd_true, age, sex, level, device) | visible],
+  the full oracle's posterior averaged over the invisible quantities. The expectation is
+  estimated by regression: a gradient-boosted regressor, one per site (each site has its own
+  prior: referral shift, device), fit on `patients` reference patients per site drawn from the
+  generator (cohort.sample_cohort, same cohort, another seed), regressing the full oracle's
+  posterior on CT_VISIBLE. It is an estimate, not exact like oracle_scores.
+  """
+  from sklearn.ensemble import HistGradientBoostingRegressor
+  out = np.full(len(df), np.nan)
+  for site in sorted(df.site.unique()):
+    n_site = sum(P.SITES[site]['patients'])
+    ref = cohort.sample_cohort(1e-6, seed, labeled_scale=patients / n_site,
+                               cohort=cohort_name, sites=[site])
+    ref = ref[ref.split != 'pretrain'].reset_index(drop=True)
+    target, _ = oracle_scores(ref)
+    reg = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, random_state=0)
+    reg.fit(ref[list(CT_VISIBLE)].to_numpy(float), target)
+    m = (df.site == site).to_numpy()
+    out[m] = np.clip(reg.predict(df.loc[m, list(CT_VISIBLE)].to_numpy(float)), 0.0, 1.0)
+  return out

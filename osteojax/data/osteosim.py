@@ -21,8 +21,8 @@ import time
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from tqdm import tqdm
 
+from osteojax import progress as prog
 from osteojax.data import cohort, io, phantom
 from osteojax.data import params as P
 
@@ -56,37 +56,40 @@ def _render_one(args):
   return index
 
 
-def _info(scale, seed, geometry, labeled_scale=None):
+def _info(scale, seed, geometry, labeled_scale=None, cohort_name='paper'):
   info = dict(generator='osteosim', params_digest=P.params_digest(), scale=scale, seed=seed,
-              geometry=dataclasses.asdict(geometry))
+              cohort=cohort_name, geometry=dataclasses.asdict(geometry))
   if labeled_scale is not None and labeled_scale != scale:
     info['labeled_scale'] = labeled_scale
   return json.loads(json.dumps(info))  # the form it takes once read back from disk
 
 
-def is_current(out_dir, scale, seed, geometry, labeled_scale=None) -> bool:
+def is_current(out_dir, scale, seed, geometry, labeled_scale=None,
+               cohort_name: str = 'paper') -> bool:
   """True when out_dir already holds the data set these arguments would make."""
   path = os.path.join(out_dir, INFO)
   if not (os.path.exists(path) and os.path.exists(os.path.join(out_dir, MANIFEST))):
     return False
   with open(path, encoding='utf-8') as f:
     info = json.load(f)
-  want = _info(scale, seed, geometry, labeled_scale)
+  want = _info(scale, seed, geometry, labeled_scale, cohort_name)
   return all(info.get(k) == v for k, v in want.items()) and \
       info.get('labeled_scale') == want.get('labeled_scale')
 
 
 def generate(out_dir: str, scale: float = 0.05, seed: int = 0,
              geometry: P.RoiGeometry = P.RoiGeometry(), workers: int = 0,
-             progress: bool = True, labeled_scale: float | None = None) -> pd.DataFrame:
+             progress: bool = True, labeled_scale: float | None = None,
+             cohort_name: str = 'paper') -> pd.DataFrame:
   """Generate (or reuse) the OsteoSim data set in out_dir; returns its manifest.
 
-  workers: processes for rendering (0: all cores). labeled_scale: see cohort.sample_cohort.
+  workers: processes for rendering (0: all cores). labeled_scale, cohort_name ('paper' |
+  'population'): see cohort.sample_cohort.
   """
-  if is_current(out_dir, scale, seed, geometry, labeled_scale):
+  if is_current(out_dir, scale, seed, geometry, labeled_scale, cohort_name):
     return read_manifest(out_dir)
   t0 = time.time()
-  df = cohort.sample_cohort(scale, seed, labeled_scale)
+  df = cohort.sample_cohort(scale, seed, labeled_scale, cohort_name)
   df['path'] = [f'rois/{s}/{r}.nii.gz' for s, r in zip(df.site, df.roi_id)]
   df['mask_path'] = [f'rois/{s}/{r}_mask.nii.gz' for s, r in zip(df.site, df.roi_id)]
   for c in ('spacing_z', 'spacing_y', 'spacing_x'):
@@ -96,8 +99,7 @@ def generate(out_dir: str, scale: float = 0.05, seed: int = 0,
   jobs = [(i, row, geometry, seed, partial) for i, row in enumerate(df.to_dict('records'))]
   workers = workers or os.cpu_count() or 1
   voxels = int(np.prod(geometry.shape))
-  bar = tqdm(total=len(jobs), desc='osteosim', unit='roi', disable=not progress,
-             mininterval=2.0)
+  bar = prog.bar(total=len(jobs), desc='osteosim', unit='roi', disable=not progress)
   if workers > 1:
     with mp.get_context('spawn').Pool(workers) as pool:
       for _ in pool.imap_unordered(_render_one, jobs, chunksize=8):
@@ -109,7 +111,7 @@ def generate(out_dir: str, scale: float = 0.05, seed: int = 0,
   bar.close()
   dt = time.time() - t0
   write_csv_atomic(df, os.path.join(partial, MANIFEST))
-  info = _info(scale, seed, geometry, labeled_scale)
+  info = _info(scale, seed, geometry, labeled_scale, cohort_name)
   info.update(n_rois=len(df), seconds=round(dt, 1),
               rois_per_s=round(len(df) / max(dt, 1e-9), 1),
               voxels_per_s=round(len(df) * voxels / max(dt, 1e-9)))

@@ -42,6 +42,28 @@ AGE_MEAN, AGE_SD, AGE_MIN, AGE_MAX = 62.0, 12.0, 30.0, 90.0   # FREE
 FEMALE_FRACTION = 0.5                                          # FREE
 ENUMERATION_L6_RATE = 100 / 1446   # 6 lumbar / transitional: Yun et al. 2018 (§5)
 
+# Cohorts. 'population': the adults above as they are (osteoporosis prevalence over 50 near
+# NHANES, §3). 'paper': the patients of the paper's sites, who were referred for DXA: its Table 2
+# implies a vertebra-level prevalence of about 39% (A), 16% (B), 13% (C), 35% (D) (§9, median of
+# the eight rows of each site). The age/sex mix alone cannot reach A's and D's: with every
+# patient a woman of mean age 80 (SD 12, redrawn within 30-90) the Hologic vertebra prevalence
+# is 22.7% (measured on this generator, tools/calibrate_cohort.py --explain). Referral is modelled
+# instead as selection on the latent bone density: a referred patient is a population patient
+# accepted with probability proportional to exp(-k z), z = the patient's standardised L1 HU
+# residual, which draws z from N(-k, 1): the between-subject HU mean moves by -k * HU_L1_SD.
+# One k per site, DERIVED by tools/calibrate_cohort.py (bisection, 40,000 patients per site, seed
+# 0, common random numbers) so that the site's labeled vertebrae reach the §9 prevalence on the
+# site's own device; fixed before any model ran on this cohort. Age, sex and everything else
+# stay the population's. Unlabeled pre-training vertebrae come from other patients' chest and
+# abdominal CTs, not referred for DXA: they stay the population's in both cohorts.
+PAPER_PREVALENCE = {'A': 0.39, 'B': 0.16, 'C': 0.13, 'D': 0.35}   # §9
+REFERRAL_SHIFT_SD = {
+    'population': {'A': 0.0, 'B': 0.0, 'C': 0.0, 'D': 0.0},
+    # DERIVED: tools/calibrate_cohort.py (reached 0.390 / 0.160 / 0.130 / 0.350)
+    'paper': {'A': 1.391, 'B': 0.440, 'C': 0.305, 'D': 1.268},
+}
+COHORTS = tuple(REFERRAL_SHIFT_SD)
+
 # ----------------------------------------------------------------------------------------------
 # Latent bone density: L1 trabecular HU at a reference 120 kV scanner, by age and sex.
 # §3 Jang 2019: -2.5 HU/yr overall, 226 +- 44 HU < 30 y, 89 +- 38 HU >= 90 y; women > men until

@@ -28,6 +28,9 @@ score and its own Youden threshold over the validation patients. With a `thresho
 fixed cut-off decides both levels and validation is not used. Where the validation split holds
 one class only (tiny data sets), a probability is cut at 0.5 and the rule says so; a score that
 is not a probability then has no threshold (an error).
+A second threshold, the cut that maximises F1 on the same validation cases
+(`metrics.f1_threshold`, same conventions), gives the column `f1_f1thr` beside the Youden F1:
+at low prevalence Youden's J favours sensitivity and its F1 is low for every model.
 
 Sites: A, B, C (internal, one DXA device each), D (external), `internal` = A + B + C pooled, and
 `all`. Metrics: ACC, SEN, SPE, F1 (fractions), AUC, and, where bmd_pred is given, MAE, Pearson
@@ -55,9 +58,11 @@ SITES = ('A', 'B', 'C', 'D')
 SITE_GROUPS = {'A': ('A',), 'B': ('B',), 'C': ('C',), 'D': ('D',),
                'internal': ('A', 'B', 'C'), 'all': ('A', 'B', 'C', 'D')}
 LEVELS = ('vertebra', 'patient')
-METRICS = ('acc', 'sen', 'spe', 'f1', 'auc')
+METRICS = ('acc', 'sen', 'spe', 'f1', 'f1_f1thr', 'auc')
 BMD_METRICS = ('bmd_mae', 'bmd_r', 'bmd_r2')
 COUNTS = ('n', 'positives')
+PERCENT = ('acc', 'sen', 'spe', 'f1', 'f1_f1thr')
+HEADERS = {'f1': 'F1', 'f1_f1thr': 'F1 (F1-opt. thr.)'}
 FALLBACK_RULE = 'validation holds one class only: P(osteoporosis) >= 0.5'
 THRESHOLD_RULE = ("Youden's J on the validation vertebrae (all sites pooled); patient = max "
                   "over its vertebrae, same threshold")
@@ -157,34 +162,40 @@ def patient_table(pred: pd.DataFrame) -> pd.DataFrame:
 
 
 def thresholds(pred: pd.DataFrame) -> dict:
-  """{'vertebra': t, 'patient': t, 'rule': str} for a checked table (see the module doc)."""
+  """{'vertebra': t, 'patient': t, 'vertebra_f1': t, 'patient_f1': t, 'rule': str} for a
+  checked table (see the module doc). The *_f1 thresholds maximise F1 on the same validation
+  cases (the second rule of every table: F1 at them is reported beside the Youden F1)."""
   if 'threshold' in pred.columns:
     t = float(pred.threshold.iloc[0])
-    return dict(vertebra=t, patient=t, rule='fixed cut-off')
+    return dict(vertebra=t, patient=t, vertebra_f1=t, patient_f1=t, rule='fixed cut-off')
   col = score_column(pred)
   v = pred[pred.split == 'valid']
   if len(v) == 0:
     raise OsteoDataError('predictions', 'no validation rows to choose the threshold on')
   if v.label.nunique() < 2 and col == 'prob':
-    return dict(vertebra=0.5, patient=0.5, rule=FALLBACK_RULE)
+    return dict(vertebra=0.5, patient=0.5, vertebra_f1=0.5, patient_f1=0.5, rule=FALLBACK_RULE)
   try:
     t = metrics.youden_threshold(v.label, v[col])
+    t_f1 = metrics.f1_threshold(v.label, v[col])
     if 'patient_score' in pred.columns:
       p = patient_table(v)
       return dict(vertebra=t, patient=metrics.youden_threshold(p.label, p.score),
+                  vertebra_f1=t_f1, patient_f1=metrics.f1_threshold(p.label, p.score),
                   rule="Youden's J on validation vertebrae; patients: Youden's J on "
                        'validation patient scores')
   except ValueError as e:
     raise OsteoDataError('predictions', f'validation split: {e}') from None
-  return dict(vertebra=t, patient=t, rule=THRESHOLD_RULE)
+  return dict(vertebra=t, patient=t, vertebra_f1=t_f1, patient_f1=t_f1, rule=THRESHOLD_RULE)
 
 
-def _binary_row(y, score, thr) -> dict:
+def _binary_row(y, score, thr, thr_f1) -> dict:
   y = np.asarray(y, int)
   score = np.asarray(score, float)
   row = metrics.binary_metrics(y, score >= thr)
+  row['f1_f1thr'] = metrics.binary_metrics(y, score >= thr_f1)['f1']
   row['auc'] = metrics.auc(y, score)
   row['threshold'] = float(thr)
+  row['threshold_f1'] = float(thr_f1)
   return row
 
 
@@ -206,13 +217,15 @@ def evaluate(pred: pd.DataFrame, split: str = 'test', site_groups=None) -> pd.Da
     dv = d[d.site.isin(sites)]
     if len(dv) == 0:
       continue
-    row = dict(level='vertebra', site=name, **_binary_row(dv.label, dv[col], thr['vertebra']))
+    row = dict(level='vertebra', site=name, **_binary_row(dv.label, dv[col], thr['vertebra'],
+                                                          thr['vertebra_f1']))
     bm = metrics.regression_metrics(dv.bmd, dv.bmd_pred)
     row.update(bmd_mae=bm['mae'], bmd_r=bm['r'], bmd_r2=bm['r2'], bmd_n=bm['n'])
     rows.append(row)
     dp = pats[pats.site.isin(sites)]
     rows.append(dict(level='patient', site=name, **_binary_row(dp.label, dp.score,
-                                                               thr['patient'])))
+                                                               thr['patient'],
+                                                               thr['patient_f1'])))
   out = pd.DataFrame(rows)
   order = {k: i for i, k in enumerate(site_groups)}
   out = out.sort_values(['level', 'site'], key=lambda c: c.map(order) if c.name == 'site'
@@ -230,7 +243,9 @@ def aggregate(per_seed: Sequence[pd.DataFrame]) -> pd.DataFrame:
   if not per_seed:
     raise ValueError('aggregate needs at least one evaluated seed')
   cat = pd.concat([f.assign(seed=i) for i, f in enumerate(per_seed)], ignore_index=True)
-  value_cols = [c for c in METRICS + BMD_METRICS + COUNTS + ('bmd_n', 'threshold') if c in cat.columns]
+  value_cols = [c for c in METRICS + BMD_METRICS + COUNTS + ('bmd_n', 'threshold',
+                                                           'threshold_f1')
+                if c in cat.columns]
   g = cat.groupby(['level', 'site'], sort=False)[value_cols]
   mean = g.mean()
   sd = g.std(ddof=1).add_suffix('_sd')
@@ -324,7 +339,8 @@ def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] 
   0.001, 'ns' otherwise; '-' when it cannot be computed, e.g. one seed on each side).
   """
   sig = summary.get('significance', {})
-  head = ['site', 'model', 'seeds'] + [c.upper().replace('BMD_', 'BMD ') for c in columns]
+  head = ['site', 'model', 'seeds'] + [HEADERS.get(c, c.upper().replace('BMD_', 'BMD '))
+                                       for c in columns]
   if sig:
     head += [f'P ({p_metric.upper()})', 'DeLong p', 'McNemar p']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -335,7 +351,7 @@ def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] 
         continue
       r = rows[(level, s)]
       cells = [s, name, str(res['n_seeds'])]
-      cells += [_fmt(r.get(c), r.get(c + '_sd'), c in ('acc', 'sen', 'spe', 'f1'))
+      cells += [_fmt(r.get(c), r.get(c + '_sd'), c in PERCENT)
                 for c in columns]
       if sig:
         if name == summary.get('base'):
@@ -354,7 +370,7 @@ def compact_table(summary: dict, metric: str = 'f1', level: str = 'vertebra',
   """The paper's Table 4 layout: a row per model, a column per site, one metric (mean ± SD)."""
   head = ['model', 'seeds'] + list(sites)
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  pct = metric in ('acc', 'sen', 'spe', 'f1')
+  pct = metric in PERCENT
   for name, res in summary['models'].items():
     rows = {(r['level'], r['site']): r for r in res['mean_sd']}
     cells = [name, str(res['n_seeds'])]

@@ -76,6 +76,39 @@ def youden_threshold(y, score) -> float:
   return float(thr[k])
 
 
+def f1_threshold(y, score) -> float:
+  """Decision threshold that maximises F1 on (y, score), with youden_threshold's conventions.
+
+  Positive when score >= threshold; among the distinct scores the cut with the largest F1 wins
+  (ties: the higher cut); the threshold returned is the midpoint to the next lower distinct
+  score. Raises ValueError when y holds no positive case.
+  """
+  y = np.asarray(y).astype(int)
+  score = np.asarray(score, np.float64)
+  if y.sum() == 0:
+    raise ValueError(f'need a positive case to choose an F1 threshold, got {len(y)} negatives')
+  if not np.all(np.isfinite(score)):
+    raise ValueError('scores must be finite to choose a threshold')
+  cuts = np.unique(score)[::-1]                                  # distinct, descending
+  order = np.argsort(-score, kind='stable')
+  s_sorted, y_sorted = score[order], y[order]
+  # positives called at cut c: all cases with score >= c
+  n_called = np.searchsorted(-s_sorted, -cuts, side='right')
+  tp = np.cumsum(y_sorted)[n_called - 1]
+  f1 = 2 * tp / (n_called + y.sum())
+  k = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])
+  if k + 1 < len(cuts):
+    return float((cuts[k] + cuts[k + 1]) / 2)
+  return float(cuts[k])
+
+
+def log_loss(y, prob, eps: float = 1e-7) -> float:
+  """Mean binary cross-entropy of probabilities prob [N] for labels y [N]."""
+  y = np.asarray(y, float)
+  p = np.clip(np.asarray(prob, float), eps, 1 - eps)
+  return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def regression_metrics(y, yhat) -> dict:
   """MAE, Pearson r and R^2 = 1 - SS_res / SS_tot of predictions yhat of y ([N] floats).
 

@@ -17,6 +17,7 @@ class BasicBlock3D(nn.Module):
   features: int
   strides: int = 1
   axis_name: str | None = None
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -27,7 +28,9 @@ class BasicBlock3D(nn.Module):
     y = nn.Conv(self.features, (3, 3, 3), s, use_bias=False, name='conv1')(x)
     y = nn.relu(norm('bn1')(y))
     y = nn.Conv(self.features, (3, 3, 3), use_bias=False, name='conv2')(y)
-    y = norm('bn2', scale_init=nn.initializers.zeros)(y)
+    # zero_init_residual (Goyal et al. 2017): the branch starts as zero, each block as identity.
+    y = norm('bn2', scale_init=(nn.initializers.zeros if self.zero_init_residual
+                                else nn.initializers.ones))(y)
     if x.shape[-1] != self.features or self.strides != 1:
       # ResNet-D shortcut: average-pool, then 1^3 conv. A strided 1^3 conv would see only
       # every other voxel (on a 2^3 map just the corner, which is background for every ROI).
@@ -49,6 +52,7 @@ class ResNet3D(nn.Module):
   stem_stride: int = 2
   stem_pool: bool = True
   axis_name: str | None = 'batch'
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -63,12 +67,14 @@ class ResNet3D(nn.Module):
     for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n):
         x = BasicBlock3D(w, 2 if (j == 0 and i > 0) else 1, self.axis_name,
-                         name=f'stage{i + 1}_block{j + 1}')(x, train)
+                         self.zero_init_residual, name=f'stage{i + 1}_block{j + 1}')(x, train)
     return jnp.mean(x, axis=(1, 2, 3))
 
 
 def encoder_from_config(c) -> ResNet3D:
-  """The encoder named by config.model (name, stage_sizes, widths, stem_stride, stem_pool)."""
+  """The encoder named by config.model (name, stage_sizes, widths, stem_stride, stem_pool,
+  zero_init_residual: True in configs saved before it was a setting)."""
   if c.name != 'resnet3d':
     raise ValueError(f'unknown model {c.name!r} (known: resnet3d)')
-  return ResNet3D(tuple(c.stage_sizes), tuple(c.widths), c.stem_stride, c.stem_pool)
+  return ResNet3D(tuple(c.stage_sizes), tuple(c.widths), c.stem_stride, c.stem_pool,
+                  zero_init_residual=c.get('zero_init_residual', True))

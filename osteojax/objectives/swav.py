@@ -29,17 +29,31 @@ def sinkhorn_codes(scores, epsilon: float, iterations: int, threshold: float = 1
 
 
 def swapped_prediction_loss(scores_views, codes_views, temperature: float):
-  """Eq. (1) averaged over the batch. scores_views, codes_views: [V, B, K].
+  """Eq. (1) averaged over the batch. scores_views: [V, B, K]; codes_views: [Vc, B, K], the
+  codes of the first Vc <= V views (SwAV's multi-crop: codes of the global crops only).
 
-  For V = 2 this is l(P_1, Q_2) + l(P_2, Q_1); for V > 2 the mean over ordered pairs (t != s)
-  of that sum's terms, times 2 so that the scale does not depend on V.
+  For V = Vc = 2 this is l(P_1, Q_2) + l(P_2, Q_1). In general, as SwAV: for each coded view s
+  the mean over the other views t != s of l(P_t, Q_s), averaged over s, times 2 so that the
+  scale does not depend on V.
   """
-  v = scores_views.shape[0]
+  v, vc = scores_views.shape[0], codes_views.shape[0]
   logp = jax.nn.log_softmax(scores_views / temperature, axis=-1)       # [V, B, K]
-  cross = -jnp.einsum('sbk,tbk->stb', codes_views, logp)              # l(P_t, Q_s): [S, T, B]
-  off = 1 - jnp.eye(v)
-  per_example = jnp.einsum('stb,st->b', cross, off) * 2 / (v * (v - 1))
+  cross = -jnp.einsum('sbk,tbk->stb', codes_views, logp)              # l(P_t, Q_s): [Vc, V, B]
+  off = 1 - jnp.eye(vc, v)
+  per_example = jnp.einsum('stb,st->b', cross, off) * 2 / (vc * (v - 1))
   return per_example.mean()
+
+
+def queue_codes(scores, queue_scores, epsilon: float, iterations: int, threshold: float):
+  """Codes of the batch scores [B, K] computed with a queue of earlier embeddings' scores
+  [Q, K] (SwAV's queue for small batches): Sinkhorn over the Q + B rows, the batch's rows kept.
+
+  Returns (codes [B, K], marginal error of the whole plan).
+  """
+  q = queue_scores.shape[0]
+  codes, err = sinkhorn_codes(jnp.concatenate([queue_scores, scores]), epsilon, iterations,
+                              threshold)
+  return codes[q:], err
 
 
 def prototype_entropy(scores, temperature: float):

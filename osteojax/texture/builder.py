@@ -27,8 +27,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
+from osteojax import progress as prog
 from osteojax.data import io
 from osteojax.data.io import TMP_TAG, atomic_write  # noqa: F401 (TMP_TAG: tools, tests)
 from osteojax.texture import pool as pool_lib
@@ -160,7 +160,7 @@ def build_pool(rows: List[Dict[str, str]], out: str, settings: GLCMSettings,
       os.remove(os.path.join(out, name))
   settings_hash = pool_lib.pool_settings_hash(settings)
 
-  bar = tqdm(total=len(rows), unit='roi', disable=not progress, file=sys.stderr)
+  bar = prog.bar(total=len(rows), desc='texture pool', unit='roi', disable=not progress)
   done: Dict[str, dict] = {}
   errors: List[str] = []
   computed = cached = voxels = 0

@@ -13,6 +13,7 @@ batch_stats, metrics))` and a host batch maker; this module owns the rest:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -29,13 +30,35 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax import lax
 
+from osteojax.data import io as dio
 from osteojax.train import writers
 
 AXIS = 'batch'
 
 
 class TrainState(train_state.TrainState):
+  """flax TrainState + batch statistics + an optional exponential moving average.
+
+  ema: None, or {'params', 'batch_stats'} averaged after every step with weight ema_decay on
+  the past (Polyak averaging); `averaged()` gives the variables to evaluate with.
+  """
   batch_stats: Any = None
+  ema: Any = None
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+  @classmethod
+  def create_with_ema(cls, *, ema_decay: float = 0.0, **kw):
+    state = cls.create(**kw)
+    if ema_decay:
+      state = state.replace(ema={'params': state.params, 'batch_stats': state.batch_stats},
+                            ema_decay=float(ema_decay))
+    return state
+
+  def averaged(self) -> dict:
+    """{'params', 'batch_stats'} to evaluate: the moving average where there is one."""
+    if self.ema is not None:
+      return dict(self.ema)
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -74,7 +97,8 @@ def make_train_step(loss_fn: Callable, axis: str = AXIS,
 
   loss_fn(params, batch_stats, batch, rng, step) -> (loss, (batch_stats, metrics dict)).
   post_update(params) -> params runs after the optimiser (e.g. prototype normalisation).
-  metrics gets 'loss' and 'finite' (1.0 when loss and gradients are finite).
+  metrics gets 'loss' and 'finite' (1.0 when loss and gradients are finite). A state with an
+  `ema` gets it updated after the optimiser step.
   """
 
   def step(state, batch, rng):
@@ -90,6 +114,11 @@ def make_train_step(loss_fn: Callable, axis: str = AXIS,
     state = state.apply_gradients(grads=grads, batch_stats=stats)
     if post_update is not None:
       state = state.replace(params=post_update(state.params))
+    if state.ema is not None:
+      d = state.ema_decay
+      state = state.replace(ema=jax.tree_util.tree_map(
+          lambda e, x: d * e + (1 - d) * x, state.ema,
+          {'params': state.params, 'batch_stats': state.batch_stats}))
     return state, {'loss': loss, 'finite': finite.astype(jnp.float32), **aux}
 
   return jax.pmap(step, axis_name=axis, in_axes=(0, 0, None), donate_argnums=0)
@@ -170,8 +199,17 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              enable_async_checkpointing=False))
 
-  def restore(self, state):
-    """(state, step) of the newest readable checkpoint, or (state, 0) when there is none."""
+  def steps(self) -> list:
+    return sorted(self.mngr.all_steps())
+
+  def restore(self, state, step: int | None = None):
+    """(state, step) of the newest readable checkpoint, or (state, 0) when there is none.
+
+    step: that checkpoint only (FileNotFoundError when it is not there or unreadable)."""
+    if step is not None:
+      if step not in self.mngr.all_steps():
+        raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory}')
+      return self.mngr.restore(step, args=ocp.args.StandardRestore(state)), step
     for step in sorted(self.mngr.all_steps(), reverse=True):
       try:
         restored = self.mngr.restore(step, args=ocp.args.StandardRestore(state))
@@ -191,6 +229,52 @@ class Checkpoints:
     self.mngr.close()
 
 
+class ValidationHistory:
+  """Validation metrics of a run, kept in `<workdir>/validation.json`, and its best checkpoint.
+
+  `record(step, metrics, state)` saves the state in `<workdir>/best/checkpoints` when
+  metrics['score'] is the best so far (higher is better), then writes the history atomically.
+  `truncate(step)` (on resume) forgets what came after the last regular checkpoint, so that the
+  history, the best checkpoint and the training state always agree.
+  """
+
+  FILE = 'validation.json'
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, self.FILE)
+    self.best = Checkpoints(os.path.join(workdir, 'best'), max_to_keep=2)
+    self.entries = []
+    if os.path.exists(self.path):
+      with open(self.path, encoding='utf-8') as f:
+        self.entries = json.load(f)['entries']
+
+  def truncate(self, step: int):
+    self.entries = [e for e in self.entries if e['step'] <= step]
+    for s in self.best.mngr.all_steps():
+      if s > step:
+        self.best.mngr.delete(s)
+
+  def best_entry(self):
+    return max(self.entries, key=lambda e: e['score']) if self.entries else None
+
+  def record(self, step: int, metrics: dict, state):
+    best = self.best_entry()
+    if best is None or metrics['score'] > best['score']:
+      self.best.save(step, state, force=True)
+      self.best.mngr.wait_until_finished()
+    self.entries.append({'step': int(step), **{k: float(v) for k, v in metrics.items()}})
+    if jax.process_index() == 0:
+      dio.atomic_write_text(self.path, json.dumps(
+          {'entries': self.entries, 'best_step': self.best_entry()['step']}, indent=1))
+
+  def restore_best(self, state):
+    """(state, step) of the best checkpoint (the state unchanged and 0 when there is none)."""
+    return self.best.restore(state)
+
+  def close(self):
+    self.best.close()
+
+
 def _all_finite(tree) -> bool:
   return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree))
 
@@ -198,15 +282,23 @@ def _all_finite(tree) -> bool:
 def fit(*, workdir: str, state: TrainState, loss_fn: Callable, make_batch: Callable[[int], Any],
         total_steps: int, seed: int, batch_size: int, log_every: int = 10,
         ckpt_every: int = 100, max_to_keep: int = 3, post_update: Callable | None = None,
-        lr_fn: Callable | None = None, name: str = 'train') -> TrainState:
+        lr_fn: Callable | None = None, name: str = 'train',
+        eval_fn: Callable | None = None, eval_every: int = 0) -> TrainState:
   """Train `state` for total_steps global steps, resuming from <workdir>/checkpoints.
 
   make_batch(step) -> host batch (pytree of numpy [batch_size, ...]) for global step `step`.
-  Returns the final (unreplicated) state.
+  eval_fn(state) -> metrics dict with 'score' (higher is better), run every eval_every steps
+  and at the end on the host state; the history goes to <workdir>/validation.json and the best
+  state to <workdir>/best (ValidationHistory); each evaluation also saves a checkpoint.
+  Returns the final (unreplicated) state, or with eval_fn the best one.
   """
   writer = writers.create_writer(workdir)
   ckpt = Checkpoints(workdir, max_to_keep, ckpt_every)
+  history = ValidationHistory(workdir) if eval_fn is not None else None
+  template = state
   state, start = ckpt.restore(state)
+  if history is not None:
+    history.truncate(start)
   if start:
     print(f'[{name}] resumed from step {start} ({ckpt.directory})', flush=True)
   p_state = flax.jax_utils.replicate(state)
@@ -237,15 +329,32 @@ def fit(*, workdir: str, state: TrainState, loss_fn: Callable, make_batch: Calla
       print(f'[{name}] step {done}/{total_steps} loss {scalars["loss"]:.4f} '
             f'{step_time:.3f} s/step {scalars["examples_per_s"]:.1f} ex/s '
             f'ETA {eta / 60:.1f} min', flush=True)
-    if done % ckpt_every == 0 or done == total_steps:
+    evaluate = history is not None and (done % eval_every == 0 or done == total_steps)
+    if done % ckpt_every == 0 or done == total_steps or evaluate:
       host_state = jax.device_get(flax.jax_utils.unreplicate(p_state))
       if not bool(_all_finite(host_state.params)):
         ckpt.close()
         raise NonFiniteLoss(f'[{name}] parameters became non-finite by step {done}; stopped; '
                             f'the last good checkpoint in {ckpt.directory} is kept')
-      ckpt.save(done, host_state, force=done == total_steps)
+      if evaluate:
+        te = time.time()
+        m = eval_fn(host_state)
+        writer.write_scalars(done, {f'valid_{k}': v for k, v in m.items()})
+        history.record(done, m, host_state)
+        print(f'[{name}] step {done} validation ' + ' '.join(
+            f'{k} {float(v):.4f}' for k, v in m.items()) + f' (best: step '
+            f'{history.best_entry()["step"]}; {time.time() - te:.1f} s)', flush=True)
+      ckpt.save(done, host_state, force=done == total_steps or evaluate)
   writer.flush()
   ckpt.close()
   print(f'[{name}] done: {total_steps - start} steps in {(time.time() - t0) / 60:.1f} min',
         flush=True)
-  return flax.jax_utils.unreplicate(p_state)
+  if history is None:
+    return flax.jax_utils.unreplicate(p_state)
+  best, step = history.restore_best(template)
+  history.close()
+  if step == 0:
+    raise FileNotFoundError(f'[{name}] no best checkpoint in {history.best.directory}')
+  print(f'[{name}] best validation score {history.best_entry()["score"]:.4f} at step {step}',
+        flush=True)
+  return best

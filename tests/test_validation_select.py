@@ -1,0 +1,90 @@
+"""lib.fit with a validation function: the best checkpoint is kept, and a run interrupted
+between evaluations resumes to the same history and the same chosen state."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from osteojax.train import lib
+
+
+def _state():
+  return lib.TrainState.create(apply_fn=None, params={'w': jnp.zeros(())},
+                               tx=optax.sgd(0.02), batch_stats={})
+
+
+def _loss(params, batch_stats, batch, rng, step):
+  del rng, step
+  return (params['w'] - batch['target'][0]) ** 2, (batch_stats, {})
+
+
+def _eval(state):
+  w = float(state.params['w'])
+  return {'score': -(w - 1.0) ** 2, 'w': w}       # best when w passes 1.0 on its way to 3
+
+
+class Interrupt(RuntimeError):
+  pass
+
+
+def _fit(workdir, stop_at=None, total=30):
+  def make_batch(step):
+    if stop_at is not None and step == stop_at:
+      raise Interrupt(f'killed at step {step}')
+    return {'target': np.full((1,), 3.0, np.float32)}
+  return lib.fit(workdir=str(workdir), state=_state(), loss_fn=_loss, make_batch=make_batch,
+                 total_steps=total, seed=0, batch_size=1, log_every=100, ckpt_every=100,
+                 eval_fn=_eval, eval_every=3)
+
+
+def test_best_checkpoint_and_resume(tmp_path):
+  best = _fit(tmp_path / 'ref')
+  hist = json.loads((tmp_path / 'ref' / 'validation.json').read_text(encoding='utf-8'))
+  steps = [e['step'] for e in hist['entries']]
+  assert steps == list(range(3, 31, 3))
+  ws = np.array([e['w'] for e in hist['entries']])
+  k = int(np.argmax([e['score'] for e in hist['entries']]))
+  assert hist['best_step'] == steps[k] and 0 < k < len(steps) - 1     # an interior optimum
+  assert float(best.params['w']) == pytest.approx(ws[k], rel=1e-6)
+  assert abs(float(best.params['w']) - 1.0) < abs(ws[-1] - 1.0)      # not the last state
+
+  with pytest.raises(Interrupt):
+    _fit(tmp_path / 'cut', stop_at=17)                  # after the evaluation at step 15
+  again = _fit(tmp_path / 'cut')
+  hist2 = json.loads((tmp_path / 'cut' / 'validation.json').read_text(encoding='utf-8'))
+  assert [e['step'] for e in hist2['entries']] == steps
+  np.testing.assert_allclose([e['w'] for e in hist2['entries']], ws, rtol=1e-6)
+  assert float(again.params['w']) == pytest.approx(float(best.params['w']), rel=1e-6)
+
+
+def test_truncate_forgets_what_came_after_the_checkpoint(tmp_path):
+  h = lib.ValidationHistory(str(tmp_path))
+  s = _state()
+  for step, score in ((3, 0.5), (6, 0.9), (9, 0.7)):
+    h.record(step, {'score': score}, s.replace(step=step))
+  h.close()
+  h = lib.ValidationHistory(str(tmp_path))
+  assert h.best_entry()['step'] == 6
+  h.truncate(4)                                        # resumed from the checkpoint of step 4
+  assert [e['step'] for e in h.entries] == [3] and h.best_entry()['step'] == 3
+  _, step = h.restore_best(s)
+  assert step == 3
+  h.close()
+
+
+def test_ema_update_by_hand():
+  import flax
+  import jax
+  s = lib.TrainState.create_with_ema(apply_fn=None, params={'w': jnp.zeros(())},
+                                     tx=optax.sgd(0.5), batch_stats={}, ema_decay=0.75)
+  step = lib.make_train_step(_loss)
+  p = flax.jax_utils.replicate(s)
+  batch = lib.shard({'target': np.full((1,), 2.0, np.float32)})
+  p, _ = step(p, batch, jax.random.PRNGKey(0))
+  p, _ = step(p, batch, jax.random.PRNGKey(0))
+  out = flax.jax_utils.unreplicate(p)
+  # sgd 0.5 on (w - 2)^2: w 0 -> 2 -> 2; ema 0 -> 0.25 * 2 = 0.5 -> 0.75 * 0.5 + 0.25 * 2 = 0.875
+  assert float(out.params['w']) == pytest.approx(2.0)
+  assert float(out.averaged()['params']['w']) == pytest.approx(0.875)
