@@ -1,7 +1,7 @@
 """Look at an OsteoSim data set: vertebra mid-slices across the BMD range and sites, and the
 T-score distribution per DXA maker showing how the makers disagree.
 
-  python tools/plot_osteosim.py --data data/osteosim_s0.05_seed0_32x32x32 --out osteosim.png
+  python tools/plot_osteosim.py --data data/osteosim_paper_s0.05_l0.2_seed0_32x32x32 --out osteosim.png
 """
 import argparse
 

@@ -1,6 +1,6 @@
 """Run the clinical baselines and the oracle on a data folder; write predictions and tables.
 
-  python tools/run_baselines.py --data data/osteosim_s0.05_seed0_32x32x32 --out results/baselines \
+  python tools/run_baselines.py --data data/osteosim_paper_s0.05_l0.2_seed0_32x32x32 --out results/baselines \
       [--base hu160]
 
 Writes <out>/hu160.csv, hu110.csv, radiomics_lr.csv, oracle.csv (predictions tables, see

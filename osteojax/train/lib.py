@@ -37,28 +37,32 @@ AXIS = 'batch'
 
 
 class TrainState(train_state.TrainState):
-  """flax TrainState + batch statistics + an optional exponential moving average.
-
-  ema: None, or {'params', 'batch_stats'} averaged after every step with weight ema_decay on
-  the past (Polyak averaging); `averaged()` gives the variables to evaluate with.
-  """
+  """flax TrainState + batch statistics; `create_with_ema` gives an EmaTrainState."""
   batch_stats: Any = None
-  ema: Any = None
-  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
   @classmethod
   def create_with_ema(cls, *, ema_decay: float = 0.0, **kw):
-    state = cls.create(**kw)
-    if ema_decay:
-      state = state.replace(ema={'params': state.params, 'batch_stats': state.batch_stats},
-                            ema_decay=float(ema_decay))
-    return state
+    """A TrainState, or with ema_decay > 0 an EmaTrainState (checkpoints without an average
+    keep the structure they always had, so older runs still restore)."""
+    if not ema_decay:
+      return cls.create(**kw)
+    state = EmaTrainState.create(**kw)
+    return state.replace(ema={'params': state.params, 'batch_stats': state.batch_stats},
+                         ema_decay=float(ema_decay))
 
   def averaged(self) -> dict:
-    """{'params', 'batch_stats'} to evaluate: the moving average where there is one."""
-    if self.ema is not None:
-      return dict(self.ema)
+    """{'params', 'batch_stats'} to evaluate with (the moving average where there is one)."""
     return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+class EmaTrainState(TrainState):
+  """TrainState + an exponential moving average of params and batch statistics, updated by the
+  step builder after every optimiser step with weight ema_decay on the past (Polyak)."""
+  ema: Any = None
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+  def averaged(self) -> dict:
+    return dict(self.ema)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -114,7 +118,7 @@ def make_train_step(loss_fn: Callable, axis: str = AXIS,
     state = state.apply_gradients(grads=grads, batch_stats=stats)
     if post_update is not None:
       state = state.replace(params=post_update(state.params))
-    if state.ema is not None:
+    if isinstance(state, EmaTrainState):
       d = state.ema_decay
       state = state.replace(ema=jax.tree_util.tree_map(
           lambda e, x: d * e + (1 - d) * x, state.ema,
