@@ -4,7 +4,7 @@
       [--epochs 8] [--arg '']
 
 Each variant is the fine-tuning default (configs/finetune.py: scratch encoder, unified loss,
-device-gated MoE) with one setting changed; each runs `python -m osteojax.main --config
+device-gated MoE) with BASE (scanner intensity, no class weights) and one setting changed; each runs `python -m osteojax.main --config
 configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted
 ones resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each
 epoch, all sites pooled): the best epoch's AUC, the mean AUC over the last half of the epochs
@@ -21,7 +21,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-VARIANTS = {  # name: (what it asks, overrides)
+# What the variants share (the fine-tuning default when the sweep ran), so the table does not
+# move when a choice it made becomes the default: scanner intensity, no class weights.
+BASE = {'augment.intensity': 'scanner', 'loss.class_weight': 'none'}
+VARIANTS = {  # name: (what it asks, overrides of BASE)
     'intensity_legacy': ('first build: x * U(0.9, 1.1) + U(-0.1, 0.1) (+-150 HU)',
                          {'augment.intensity': 'legacy'}),
     'intensity_none': ('flips only', {'augment.intensity': 'none'}),
@@ -42,7 +45,7 @@ def run(out, name, seed, epochs, arg):
   wd = os.path.join(out, f'{name}_s{seed}')
   if os.path.exists(os.path.join(wd, 'predictions.csv')):
     return wd
-  over = {'seed': seed, **VARIANTS[name][1]}
+  over = {'seed': seed, **BASE, **VARIANTS[name][1]}
   if epochs:
     over['epochs'] = epochs
   cmd = [sys.executable, '-m', 'osteojax.main', '--config',
