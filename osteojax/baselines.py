@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 from typing import Sequence
@@ -49,6 +48,7 @@ from osteojax.data import io as dio
 from osteojax.data import oracle
 from osteojax.data import params as P
 from osteojax.evaluate import diagnosis
+from osteojax.texture import reference
 
 HU_CUTOFFS = {'hu160': 160.0, 'hu110': 110.0}     # Pickhardt 2013: sensitive, specific
 TRABECULAR_MARGIN_MM = 3.5
@@ -193,9 +193,8 @@ def _fingerprint(data_dir, row) -> str:
 
 
 def _extractor():
-  import radiomics
   from radiomics import featureextractor
-  radiomics.setVerbosity(logging.ERROR)
+  reference.quiet_pyradiomics()
   ex = featureextractor.RadiomicsFeatureExtractor(**RADIOMICS_SETTINGS)
   ex.disableAllFeatures()
   for c in RADIOMICS_CLASSES:

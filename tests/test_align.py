@@ -19,6 +19,7 @@ from osteojax.objectives import contrastive
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import align as align_config  # noqa: E402
+import multidevice  # noqa: E402  (tests/multidevice.py)
 
 
 def test_symmetric_infonce_by_hand():
@@ -65,19 +66,9 @@ def test_augment_translation_and_intensity():
   assert 0.4 - 1e-6 <= float(z.mean()) <= 0.6 + 1e-6
 
 
-def _losses(devices, encoder):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_align.py'), encoder],
-                       capture_output=True, encoding='utf-8', errors='replace', env=env,
-                       timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def test_one_vs_four_devices_same_losses():
   """Global-batch negatives via all_gather and synchronised BN: 4 simulated devices = 1."""
-  one, four = _losses(1, 'spatial'), _losses(4, 'spatial')
+  one, four = multidevice.run('pmap_align.py', 'spatial')
   assert one['devices'] == 1 and four['devices'] == 4
   np.testing.assert_allclose(one['losses'], four['losses'], atol=1e-5)
   np.testing.assert_allclose(one['param_sum'], four['param_sum'], rtol=1e-5)

@@ -18,6 +18,7 @@ from osteojax.objectives import multitask
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import finetune as finetune_config  # noqa: E402
+import multidevice  # noqa: E402  (tests/multidevice.py)
 
 
 @pytest.fixture(scope='module')
@@ -125,18 +126,8 @@ def test_labels_and_bad_values():
     finetune.label_arrays(rows.assign(label=[0, None, 1, 0]), stats)
 
 
-def _losses(devices):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_losses.py'),
-                        'finetune'], capture_output=True, encoding='utf-8', errors='replace',
-                       env=env, timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def test_finetune_one_and_four_devices_agree():
-  one, four = _losses(1), _losses(4)
+  one, four = multidevice.run('pmap_losses.py', 'finetune')
   assert one['devices'] == 1 and four['devices'] == 4
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
@@ -177,7 +168,7 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
     finetune.run(bad, str(tmp / 'bad'))
 
 
-def test_predict_on_a_torso_ct(tiny_run, tmp_path):
+def test_predict_on_a_torso_ct(tiny_run, tmp_path, capsys):
   """tools/predict.py: per-vertebra report of a generated torso; clear errors on bad input."""
   from osteojax import predict
   from osteojax.data import torso
@@ -210,12 +201,16 @@ def test_predict_on_a_torso_ct(tiny_run, tmp_path):
   assert predict.who_class(-2.5) == 'osteoporosis' and predict.who_class(-1.0) == 'normal'
   assert predict.who_class(-1.01) == 'osteopenia'
 
+  import runpy                         # bad input: the same CLI, in this process
+  from osteojax.data import io
+  cli = runpy.run_path(os.path.join(ROOT, 'tools', 'predict.py'))['main']
+
   def err(*args):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'predict.py'), *args,
-                        '--sex', 'F', '--out', str(tmp_path / 'bad')], capture_output=True,
-                       encoding='utf-8', errors='replace', env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 2 and not (tmp_path / 'bad').exists(), r.stderr[-2000:]
-    return r.stderr.strip().splitlines()[-1]
+    capsys.readouterr()
+    rc = io.run_cli(cli, [*args, '--sex', 'F', '--out', str(tmp_path / 'bad')])
+    stderr = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / 'bad').exists(), stderr[-2000:]
+    return stderr.strip().splitlines()[-1]
 
   assert 'not a fine-tuning workdir' in err('--ct', ct, '--mask', mask, '--checkpoint',
                                             str(tmp_path / 'none'), '--labels', 'verse')

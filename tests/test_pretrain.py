@@ -1,17 +1,17 @@
 """Pre-training pieces: Sinkhorn codes, the swapped-prediction loss, models, the pmapped step on
 1 vs 4 simulated devices, deterministic batches, checkpoint fallback."""
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav
 from osteojax.train import lib
+
+import multidevice  # tests/multidevice.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,15 +71,6 @@ def test_batch_indices_deterministic_epochs():
   assert not (lib.batch_indices(10, 4, 4, 0) == a[:4]).all()
 
 
-def _losses(devices, views):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_losses.py'), views],
-                       capture_output=True, encoding='utf-8', errors='replace', env=env, timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def test_swapped_prediction_multicrop_by_hand():
   """Codes of the first Vc views only; every other view predicts each (SwAV multi-crop)."""
   tau = 1.0
@@ -107,15 +98,16 @@ def test_queue_codes_are_the_batch_rows_of_sinkhorn_over_queue_and_batch():
 
 def test_one_and_four_devices_agree():
   """TP-SwAV views with the queue in use from step 2 (tiny config: queue of 2 batches)."""
-  one, four = _losses(1, 'pool'), _losses(4, 'pool')
+  one, four = multidevice.run('pmap_losses.py', 'pool')
   assert one['devices'] == 1 and four['devices'] == 4
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
   assert len(set(np.round(one['losses'], 4))) > 1      # it does train
 
 
+@pytest.mark.slow      # the same gather / pmean path as the TP-SwAV test above, ~1 min
 def test_swav_multicrop_one_and_four_devices_agree():
-  one, four = _losses(1, 'crops'), _losses(4, 'crops')
+  one, four = multidevice.run('pmap_losses.py', 'crops')
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
 

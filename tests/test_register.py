@@ -1,7 +1,5 @@
 """Registration of generated feature-map pairs whose transform is known exactly."""
-import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -12,6 +10,8 @@ from jax import lax
 
 from osteojax.align import refine, register, synthetic
 from osteojax.align.rigid import Rigid2D
+
+import multidevice  # tests/multidevice.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC, TGT = (20, 12), (32, 18)
@@ -149,20 +149,10 @@ def test_parameter_algebra_matches_rigid2d():
   assert inv.close_to(refine.from_params(a, c).inverse(), pts, 1e-5)
 
 
-def _refine_losses(devices):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_refine.py')],
-                       capture_output=True, encoding='utf-8', errors='replace', env=env,
-                       timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow      # two subprocesses that each compile the pmapped step
 def test_refiner_one_and_four_devices_agree():
   # perturbations are keyed by the global example index, BatchNorm is synchronised
-  one, four = _refine_losses(1), _refine_losses(4)
+  one, four = multidevice.run('pmap_refine.py')
   assert one['devices'] == 1 and four['devices'] == 4
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['param_sum'], four['param_sum'], rtol=1e-5)

@@ -1,7 +1,6 @@
 """U-Net segmentation task: shapes, training on generated shapes, 1 vs 4 devices, bad input."""
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -16,6 +15,7 @@ from osteojax.models import unet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import unet as unet_config  # noqa: E402
+import multidevice  # noqa: E402  (tests/multidevice.py)
 
 
 def test_unet_shapes_odd_sizes():
@@ -49,19 +49,9 @@ def test_training_raises_dice(tmp_path):
   assert saved['dice']['mean_foreground']['mean'] == after
 
 
-def _run(devices):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'pmap_segment.py')],
-                       capture_output=True, encoding='utf-8', errors='replace', env=env,
-                       timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow      # two subprocesses that each compile the pmapped step: about a minute
 def test_one_and_four_devices_agree():
-  one, four = _run(1), _run(4)
+  one, four = multidevice.run('pmap_segment.py')
   assert one['devices'] == 1 and four['devices'] == 4
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['param_sum'], four['param_sum'], rtol=1e-5)

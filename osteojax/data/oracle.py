@@ -12,6 +12,8 @@ by a patient's vertebrae, so P(any) is integrated over it (Gauss-Hermite), not m
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from scipy import special
@@ -96,6 +98,19 @@ CT_ONLY_REFERENCE_PATIENTS = 20000    # generator patients per site behind the e
 CT_ONLY_SEED = 9173                   # their seed (a reference cohort, not the data set's)
 
 
+@functools.lru_cache(maxsize=16)
+def _ct_only_regressor(cohort_name: str, site: str, patients: int, seed: int):
+  """The fitted regressor of ct_only_scores for one site (deterministic, so cached)."""
+  from sklearn.ensemble import HistGradientBoostingRegressor
+  n_site = sum(P.SITES[site]['patients'])
+  ref = cohort.sample_cohort(1e-6, seed, labeled_scale=patients / n_site,
+                             cohort=cohort_name, sites=[site])
+  ref = ref[ref.split != 'pretrain'].reset_index(drop=True)
+  target, _ = oracle_scores(ref)
+  reg = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, random_state=0)
+  return reg.fit(ref[list(CT_VISIBLE)].to_numpy(float), target)
+
+
 def ct_only_scores(df: pd.DataFrame, cohort_name: str = 'paper',
                    patients: int = CT_ONLY_REFERENCE_PATIENTS, seed: int = CT_ONLY_SEED):
   """Vertebra posteriors [N] P(label = 1 | CT-visible truth, device, site) for labeled rows df.
@@ -111,16 +126,9 @@ def ct_only_scores(df: pd.DataFrame, cohort_name: str = 'paper',
   generator (cohort.sample_cohort, same cohort, another seed), regressing the full oracle's
   posterior on CT_VISIBLE. It is an estimate, not exact like oracle_scores.
   """
-  from sklearn.ensemble import HistGradientBoostingRegressor
   out = np.full(len(df), np.nan)
   for site in sorted(df.site.unique()):
-    n_site = sum(P.SITES[site]['patients'])
-    ref = cohort.sample_cohort(1e-6, seed, labeled_scale=patients / n_site,
-                               cohort=cohort_name, sites=[site])
-    ref = ref[ref.split != 'pretrain'].reset_index(drop=True)
-    target, _ = oracle_scores(ref)
-    reg = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, random_state=0)
-    reg.fit(ref[list(CT_VISIBLE)].to_numpy(float), target)
+    reg = _ct_only_regressor(cohort_name, site, int(patients), int(seed))
     m = (df.site == site).to_numpy()
     out[m] = np.clip(reg.predict(df.loc[m, list(CT_VISIBLE)].to_numpy(float)), 0.0, 1.0)
   return out

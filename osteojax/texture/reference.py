@@ -17,6 +17,14 @@ from osteojax.texture.glcm import FEATURES
 from osteojax.texture.settings import GLCMSettings
 
 
+
+def quiet_pyradiomics():
+  """Errors only from pyradiomics. Its logger stays at INFO whatever setVerbosity says and
+  propagates to the root logger, where absl prints a dozen lines per ROI."""
+  import radiomics
+  radiomics.setVerbosity(logging.ERROR)
+  logging.getLogger('radiomics').setLevel(logging.ERROR)
+
 def to_sitk(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float]):
   """numpy [D, H, W] image/mask + per-axis spacing -> SimpleITK image and label-1 mask."""
   img = sitk.GetImageFromArray(np.asarray(image))
@@ -39,10 +47,9 @@ def pyradiomics_maps(image: np.ndarray, mask: np.ndarray, spacing: Sequence[floa
   Returns [4, *image.shape] float64 in FEATURES order, settings.initValue outside the
   region pyradiomics returns (ROI bounding box padded by kernelRadius).
   """
-  import radiomics
   from radiomics import featureextractor
 
-  radiomics.setVerbosity(logging.ERROR)
+  quiet_pyradiomics()
   img, msk = to_sitk(image, mask, spacing)
   kw = settings.as_pyradiomics()
   kw.update(additionalInfo=False, label=1, voxelBatch=voxel_batch)
