@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import finetune as finetune_config  # noqa: E402
 
 from osteojax import baselines, finetune  # noqa: E402
+from osteojax.data import io as dio  # noqa: E402
 from osteojax.data import task as data_task  # noqa: E402
 from osteojax.evaluate import diagnosis  # noqa: E402
 
@@ -154,8 +155,7 @@ def main():
       f'{level} {metric.upper()} (test split, mean ± SD over seeds):\n\n'
       + diagnosis.compact_table(summary, metric, level)
       for level in diagnosis.LEVELS for metric in ('auc', 'f1', 'f1_f1thr'))
-  with open(os.path.join(a.out, 'results_compact.md'), 'w', encoding='utf-8') as f:
-    f.write(compact + '\n')
+  dio.atomic_write_text(os.path.join(a.out, 'results_compact.md'), compact + '\n')
   print(compact, flush=True)
   plot_validation_curves(runs, a.rows, a.seeds, os.path.join(a.out, 'validation_curves.png'))
   print(f'[grid] {n_runs} runs reported in {(time.time() - t0) / 60:.1f} min; tables and ROC '
