@@ -17,13 +17,13 @@ from osteojax.texture.glcm import FEATURES
 from osteojax.texture.settings import GLCMSettings
 
 
-
 def quiet_pyradiomics():
   """Errors only from pyradiomics. Its logger stays at INFO whatever setVerbosity says and
   propagates to the root logger, where absl prints a dozen lines per ROI."""
   import radiomics
   radiomics.setVerbosity(logging.ERROR)
   logging.getLogger('radiomics').setLevel(logging.ERROR)
+
 
 def to_sitk(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float]):
   """numpy [D, H, W] image/mask + per-axis spacing -> SimpleITK image and label-1 mask."""
