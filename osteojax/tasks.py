@@ -9,11 +9,11 @@ import os
 
 TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
-    'tp_swav': 'osteojax.pretrain',      # TP-SwAV pre-training (views from the texture pool)
-    'swav': 'osteojax.pretrain',         # SwAV baseline (views from random crops)
-    'finetune': 'osteojax.finetune',     # MoE multi-task fine-tuning + valid/test predictions
-    'pipeline': 'osteojax.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
-    'unet': 'osteojax.segment',          # 2-D U-Net segmenter (annotation transfer), Dice
+    'tp_swav': 'osteojax.diagnosis.pretrain',      # TP-SwAV pre-training (views from the texture pool)
+    'swav': 'osteojax.diagnosis.pretrain',         # SwAV baseline (views from random crops)
+    'finetune': 'osteojax.diagnosis.finetune',     # MoE multi-task fine-tuning + valid/test predictions
+    'pipeline': 'osteojax.diagnosis.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
+    'unet': 'osteojax.align.segment',          # 2-D U-Net segmenter (annotation transfer), Dice
     'align': 'osteojax.align.train',     # DXA-MRI aligner: contrastive spatial encoders, BodySim
 }
 

@@ -13,6 +13,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import align  # noqa: E402
 
+from osteojax.align import encoders  # noqa: E402
 from osteojax.align import train  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
@@ -24,7 +25,7 @@ def main(encoder: str, steps: int = 3):
   rng = np.random.default_rng(0)
   dxa = rng.random((8, 40, 24, 2)).astype(np.float32)
   mri = rng.random((8, 24, 16, 2)).astype(np.float32)
-  model = train.build_model(config)
+  model = encoders.build_model(config)
   state = train.init_state(config, model, dxa.shape[1:], mri.shape[1:], 10)
   p_state = flax.jax_utils.replicate(state)
   step = lib.make_train_step(train.make_loss_fn(config, model))

@@ -14,7 +14,7 @@ sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import finetune as finetune_config  # noqa: E402
 import tp_swav  # noqa: E402
 
-from osteojax import finetune, pretrain  # noqa: E402
+from osteojax.diagnosis import finetune, pretrain  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 

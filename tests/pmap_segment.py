@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import unet as unet_config  # noqa: E402
 
-from osteojax import segment  # noqa: E402
+from osteojax.align import segment  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from osteojax.align import pairs
 from osteojax.align import train
 from osteojax.data import bodysim
 from osteojax.data.io import OsteoDataError
@@ -79,18 +80,18 @@ def test_bad_input_messages():
   cfg = align_config.get_config('tiny')
   d = np.zeros((2, 40, 24, 2), np.float32)
   m = np.zeros((2, 24, 16, 2), np.float32)
-  train.check_inputs(d, m, 2, 2)
+  pairs.check_inputs(d, m, 2, 2)
   with pytest.raises(ValueError, match='MRI scans have 3 channels; the encoder expects 2'):
-    train.check_inputs(d, np.zeros((2, 24, 16, 3), np.float32), 2, 2)
+    pairs.check_inputs(d, np.zeros((2, 24, 16, 3), np.float32), 2, 2)
   bad = d.copy()
   bad[1, 3, 3, 0] = np.nan
   with pytest.raises(ValueError, match='DXA scans contain 1 NaN'):
-    train.check_inputs(bad, m, 2, 2)
+    pairs.check_inputs(bad, m, 2, 2)
   with pytest.raises(ValueError, match='empty batch'):
-    train.check_inputs(d[:0], m[:0], 2, 2)
+    pairs.check_inputs(d[:0], m[:0], 2, 2)
   with pytest.raises(ValueError, match="unknown MRI channel"):
     cfg.model.mri_channels = ('fat', 'T2')
-    train.select_channels(dict(dxa=d, mri=m), cfg)
+    pairs.select_channels(dict(dxa=d, mri=m), cfg)
   with pytest.raises(OsteoDataError, match='pixel spacings differ between modalities'):
     bodysim.check_pair((2.2, 2.2), (2.0, 2.0))
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from osteojax import baselines
+from osteojax.diagnosis import baselines
 from osteojax.data import cohort, oracle, osteosim, phantom
 from osteojax.data import params as P
 from osteojax.evaluate import diagnosis

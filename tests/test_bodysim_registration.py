@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from osteojax.align import bodysim_registration as br
-from osteojax.align import evaluation, register
+from osteojax.align import register, registration_eval
 from osteojax.align.rigid import Rigid2D
 from osteojax.data import bodysim
 from osteojax.evaluate import metrics
@@ -64,7 +64,7 @@ def test_truth_transform_matches_bodysim_matrix():
 
 
 def test_keypoint_order():
-  assert [bodysim.KEYPOINTS[i] for i in br.KP_ORDER] == list(evaluation.KEYPOINTS)
+  assert [bodysim.KEYPOINTS[i] for i in br.KP_ORDER] == list(registration_eval.KEYPOINTS)
 
 
 def test_methods_recover_known_transform(subjects):
@@ -75,7 +75,7 @@ def test_methods_recover_known_transform(subjects):
     tr = br.truth_transform(s['truth']['matrix_mri_to_dxa'])
     fd, fm = position_maps(s['dxa'].shape[:2], s['mri'].shape[:2], tr)
     pair = br.make_pairs(as_data(s), fd[None], fm[None])[0]
-    e, _, ts = evaluation.run_methods([pair], br.method_table(s['spacing_mm']), s['spacing_mm'],
+    e, _, ts = registration_eval.run_methods([pair], br.method_table(s['spacing_mm']), s['spacing_mm'],
                                       warmup=False)
     mean = {k: float(v.mean()) for k, v in e.items()}
     assert mean['dense'] <= 2.5, mean

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteojax import finetune
+from osteojax.diagnosis import finetune
 from osteojax.models import moe
 from osteojax.objectives import multitask
 
@@ -138,7 +138,7 @@ def test_finetune_one_and_four_devices_agree():
 def tiny_run(tmp_path_factory):
   """`make run`'s pipeline at tiny size: data -> TP-SwAV -> MoE fine-tune -> evaluation."""
   import default
-  from osteojax import pipeline
+  from osteojax.diagnosis import pipeline
   tmp = tmp_path_factory.mktemp('slice')
   c = default.get_config('tiny')
   c.data.dir, c.pretrain.epochs = str(tmp / 'data'), 1
@@ -157,7 +157,7 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
   np.testing.assert_allclose(preds[['gate_0', 'gate_1', 'gate_2']].sum(axis=1), 1.0, rtol=1e-5)
   assert (work / 'eval' / 'results.md').exists() and (work / 'eval' / 'roc_vertebra.png').exists()
   config, model, variables, stats = finetune.load(str(work))
-  from osteojax.data import pool_data
+  from osteojax.diagnosis import pool_data
   again = finetune.predict_pools(model, variables,
                                  pool_data.ensure_pool(config, ('valid', 'test'), False), stats)
   np.testing.assert_allclose(again.prob, preds.prob, rtol=1e-5, atol=1e-6)
@@ -170,7 +170,7 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
 
 def test_predict_on_a_torso_ct(tiny_run, tmp_path, capsys):
   """tools/predict.py: per-vertebra report of a generated torso; clear errors on bad input."""
-  from osteojax import predict
+  from osteojax.diagnosis import predict
   from osteojax.data import torso
   tmp, _, _ = tiny_run
   made = torso.make_torso(torso.TorsoSpec(first='T12', last='L2', convention='verse',

@@ -146,7 +146,7 @@ def test_recomputed_batch_stats_are_the_data_statistics():
   import sys as _sys
   _sys.path.insert(0, os.path.join(ROOT, 'configs'))
   import tp_swav
-  from osteojax import pretrain, probe
+  from osteojax.diagnosis import pretrain, probe
   c = tp_swav.get_config('tiny')
   rng = np.random.default_rng(0)
   x = (rng.random((32, 5, 16, 16, 16)) * 0.3 + 0.4).astype(np.float32)

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from osteojax.align import bodysim_registration as br
+from osteojax.align import encoders
 from osteojax.align import train as align_train
 from osteojax.align.rigid import Rigid2D
 from osteojax.data import bodysim
@@ -42,7 +43,7 @@ def setup(tmp_path_factory):
   with open(run / 'config.json', 'w', encoding='utf-8') as f:
     f.write(cfg.to_json())
   g = bodysim.geometry(cfg.data.scale)
-  model = align_train.build_model(cfg)
+  model = encoders.build_model(cfg)
   state = align_train.init_state(cfg, model, tuple(g['dxa_shape']) + (2,),
                                  tuple(g['mri_shape']) + (2,), 1)
   ck = lib.Checkpoints(str(run))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osteojax import segment
+from osteojax.align import segment
 from osteojax.data.io import OsteoDataError
 from osteojax.models import unet
 

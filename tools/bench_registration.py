@@ -119,16 +119,17 @@ def bench_synthetic(args):
 def bench_bodysim(args, scale):
   """Times and keypoint errors of every method on generated BodySim pairs at `scale`."""
   from osteojax.align import bodysim_registration as br
-  from osteojax.align import evaluation
+  from osteojax.align import registration_eval
+  from osteojax.align import encoders, pairs
   from osteojax.align import train as align_train
   from osteojax.data import bodysim
 
   if args.aligner:
-    model, variables, acfg, step = align_train.load_encoders(args.aligner)
+    model, variables, acfg, step = encoders.load_encoders(args.aligner)
   else:
     import align as align_config
     acfg, step = align_config.get_config(), 0
-    model = align_train.build_model(acfg)
+    model = encoders.build_model(acfg)
     g = bodysim.geometry(scale)
     st = align_train.init_state(acfg, model, tuple(g['dxa_shape']) + (2,),
                                 tuple(g['mri_shape']) + (2,), 1)
@@ -140,7 +141,7 @@ def bench_bodysim(args, scale):
     data[k] = np.array([s['truth'][k] for s in subs])
   data['ids'] = [str(i) for i in range(len(subs))]
   spacing = subs[0]['spacing_mm']
-  dxa, mri = align_train.select_channels(data, acfg)
+  dxa, mri = pairs.select_channels(data, acfg)
   fd_j = jax.jit(lambda x: model.apply(variables, x, method=model.embed_dxa))
   fm_j = jax.jit(lambda x: model.apply(variables, x, method=model.embed_mri))
   enc, fds, fms = [], [], []
@@ -164,7 +165,7 @@ def bench_bodysim(args, scale):
   res = {'encode_both': _summary(enc[1:], enc[0])}
   for name, f in methods.items():
     _, first = _timed(lambda: f(pairs[0]))        # pair 0 warms up (compiles)
-    e, secs, _ = evaluation.run_methods(pairs[1:], {name: f}, spacing, warmup=False)
+    e, secs, _ = registration_eval.run_methods(pairs[1:], {name: f}, spacing, warmup=False)
     res[name] = _summary(secs[name], first)
     res[name]['mean_keypoint_error_cm'] = float(np.mean(e[name]))
   return dict(data=f'generated BodySim pairs at scale {scale}', scale=scale,

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 import tp_swav  # noqa: E402
 
-from osteojax import pretrain  # noqa: E402
+from osteojax.diagnosis import pretrain  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 

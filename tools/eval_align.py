@@ -26,20 +26,20 @@ def main(argv=None):
   p.add_argument('--limit', type=int, default=None, help='first N pairs of the split')
   p.add_argument('--table', default=None, help='also write one Markdown table of all runs')
   args = p.parse_args(argv)
-  from osteojax.align import evaluate   # after argparse: --help stays fast
+  from osteojax.align import retrieval   # after argparse: --help stays fast
   rows = []
   for w in args.workdir:
     out = os.path.join(args.out, os.path.basename(os.path.normpath(w))) if args.out else None
     try:
-      rows.append(evaluate.evaluate_run(w, args.split, args.data, out, args.limit))
+      rows.append(retrieval.evaluate_run(w, args.split, args.data, out, args.limit))
     except ValueError as e:          # bad scans (channels, NaNs, empty): one line, exit 2
       raise OsteoDataError(w, str(e)) from None
   if args.table:
     os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
     with open(args.table, 'w', encoding='utf-8') as f:
-      f.write(evaluate.HEADER + '\n')
+      f.write(retrieval.HEADER + '\n')
       for r in rows:
-        f.write(evaluate.markdown_row(os.path.basename(os.path.normpath(r['workdir'])),
+        f.write(retrieval.markdown_row(os.path.basename(os.path.normpath(r['workdir'])),
                                       r['metrics']) + '\n')
   return 0
 

@@ -16,9 +16,9 @@ import glob
 import os
 import sys
 
-from osteojax import finetune
+from osteojax.diagnosis import finetune
 from osteojax.data import io as dio
-from osteojax.data import pool_data
+from osteojax.diagnosis import pool_data
 from osteojax.evaluate import diagnosis
 
 

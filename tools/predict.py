@@ -12,7 +12,7 @@ a table. Bad input: one line `error: <file>: <problem>`, exit status 2.
 import argparse
 import sys
 
-from osteojax import predict
+from osteojax.diagnosis import predict
 from osteojax.data import io, labels
 
 

@@ -6,7 +6,7 @@
 For each method and seed, pre-trains `python -m osteojax.main --config configs/<method>.py
 --workdir <out>/<method>_s<seed>` for --epochs with a checkpoint every --every steps (all
 kept), then probes the frozen encoder at every checkpoint and at step 0 (random init of the
-same seed) with osteojax/probe.py (5-fold CV over labeled train + valid, folds grouped by
+same seed) with osteojax/diagnosis/probe.py (5-fold CV over labeled train + valid, folds grouped by
 patient; test is never used), with each --bn mode. Finished runs and probes are skipped (the
 results file is the cache), so an interrupted curve resumes. Writes <out>/probe_curve.json,
 <out>/probe_curve.md (a row per checkpoint) and <out>/probe_curve.png. This is how the CPU
@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import swav as swav_config  # noqa: E402
 import tp_swav  # noqa: E402
 
-from osteojax import probe  # noqa: E402
+from osteojax.diagnosis import probe  # noqa: E402
 from osteojax.data import io as dio  # noqa: E402
-from osteojax.data import pool_data  # noqa: E402
+from osteojax.diagnosis import pool_data  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 CONFIGS = {'tp_swav': tp_swav, 'swav': swav_config}

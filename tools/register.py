@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from osteojax.align import bodysim_registration as br
 from osteojax.align import mi, register, transfer
-from osteojax.align import train as align_train
+from osteojax.align import encoders, pairs
 from osteojax.data import bodysim
 from osteojax.data.io import OsteoDataError, run_cli
 
@@ -80,7 +80,7 @@ def main(argv=None):
   dxa_raw, ds = bodysim.read_scan(args.dxa)
   mri_raw, ms = bodysim.read_scan(args.mri)
   ds, ms = _square(ds, args.dxa), _square(ms, args.mri)
-  model, variables, cfg, step = align_train.load_encoders(args.aligner)
+  model, variables, cfg, step = encoders.load_encoders(args.aligner)
   if cfg.model.encoder != 'spatial':
     raise OsteoDataError(args.aligner, f'registration needs spatial maps; this aligner is '
                                        f'{cfg.model.encoder!r}')
@@ -89,7 +89,7 @@ def main(argv=None):
   s = float(bodysim.geometry(cfg.data.scale)['spacing_mm'])
   dxa, mri = _to_spacing(dxa, ds, s), _to_spacing(mri, ms, s)
   try:
-    align_train.check_inputs(dxa[None], mri[None], dxa.shape[-1], mri.shape[-1])
+    pairs.check_inputs(dxa[None], mri[None], dxa.shape[-1], mri.shape[-1])
   except ValueError as e:
     raise OsteoDataError(f'{args.dxa} / {args.mri}', str(e)) from None
   t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def main(argv=None):
     cj = b.index('tissue') if 'tissue' in b else 0
     t_px = mi.register_mi(mri[..., ci], dxa[..., cj], s).transform_px
   else:
-    fd, fm = align_train.embed(model, variables, dxa[None], mri[None])
+    fd, fm = encoders.embed(model, variables, dxa[None], mri[None])
     try:
       if args.method == 'dense':
         t_cells = register.dense(fm[0], fd[0]).transform

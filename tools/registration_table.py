@@ -44,10 +44,10 @@ import bench_registration  # noqa: E402
 import refine as refine_config  # noqa: E402
 import unet as unet_config  # noqa: E402
 
-from osteojax import segment  # noqa: E402
+from osteojax.align import segment  # noqa: E402
 from osteojax.align import bodysim_registration as br  # noqa: E402
-from osteojax.align import evaluation  # noqa: E402
-from osteojax.align import train as align_train  # noqa: E402
+from osteojax.align import registration_eval  # noqa: E402
+from osteojax.align import encoders, pairs  # noqa: E402
 from osteojax.data import bodysim  # noqa: E402
 from osteojax.data import io  # noqa: E402
 from osteojax.data.io import OsteoDataError, run_cli  # noqa: E402
@@ -97,11 +97,11 @@ def main(argv=None):
                   help='timed pairs per scale for bench_registration.json (0: skip)')
   args = ap.parse_args(argv)
   t_start = time.time()
-  model, variables, acfg, step = align_train.load_encoders(args.aligner)
+  model, variables, acfg, step = encoders.load_encoders(args.aligner)
   if acfg.model.encoder != 'spatial':
     raise OsteoDataError(args.aligner, f'registration needs spatial maps; this aligner is '
                                        f'{acfg.model.encoder!r}')
-  ddir = align_train.ensure_data(acfg, progress=False)
+  ddir = pairs.ensure_data(acfg, progress=False)
   os.makedirs(args.out, exist_ok=True)
   for sub in ('refiner', 'unet'):     # runs of an earlier call would be resumed, not redone
     shutil.rmtree(os.path.join(args.out, sub), ignore_errors=True)
@@ -145,8 +145,8 @@ def main(argv=None):
   te_pairs = br.make_pairs(test, fd_te, fm_te)
   placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs])
   print(f'[registration] aligner placement on the test pairs: {placement}', flush=True)
-  errors, seconds, transforms = evaluation.run_methods(te_pairs, methods, spacing)
-  rows = evaluation.keypoint_table(errors, seconds)
+  errors, seconds, transforms = registration_eval.run_methods(te_pairs, methods, spacing)
+  rows = registration_eval.keypoint_table(errors, seconds)
   test_failures = dict(failures)
   table = dict(
       data=GENERATED, data_dir=ddir, split='test', pairs=len(te_pairs), spacing_mm=spacing,
@@ -156,9 +156,9 @@ def main(argv=None):
       salient_ratio=dict(ratio=ratio, training_mean_cm={str(k): v for k, v in ratio_scores.items()}),
       failures_fell_back_to_identity=test_failures, rows=rows,
       per_pair_errors_cm={k: np.round(v, 4).tolist() for k, v in errors.items()},
-      keypoints=list(evaluation.KEYPOINTS), machine=platform.machine(), cpus=os.cpu_count(),
+      keypoints=list(registration_eval.KEYPOINTS), machine=platform.machine(), cpus=os.cpu_count(),
       load_avg_1min=os.getloadavg()[0])
-  md = evaluation.table_markdown(rows)
+  md = registration_eval.table_markdown(rows)
   io.atomic_write_text(os.path.join(args.out, 'table1.json'), json.dumps(table, indent=1))
   io.atomic_write_text(
       os.path.join(args.out, 'table1.md'),
@@ -166,7 +166,7 @@ def main(argv=None):
       f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
       f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
       + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement) + '\n')
-  evaluation.overlay_figure(os.path.join(args.out, 'overlays.png'), te_pairs,
+  registration_eval.overlay_figure(os.path.join(args.out, 'overlays.png'), te_pairs,
                             {k: v for k, v in transforms.items() if k != 'identity'},
                             args.overlay_pairs)
   print(md, flush=True)
@@ -176,7 +176,7 @@ def main(argv=None):
     n_u = args.unet_train
     u_pairs = tr_pairs[:n_u]
     failures.clear()
-    u_err, _, u_tf = evaluation.run_methods(u_pairs, methods, spacing, warmup=False)
+    u_err, _, u_tf = registration_eval.run_methods(u_pairs, methods, spacing, warmup=False)
     means = {k: float(np.mean(v)) for k, v in u_err.items()}
     best = min((k for k in means if k not in EXCLUDED_FROM_BEST), key=means.get)
     mri_hw = train['mri'].shape[1:3]

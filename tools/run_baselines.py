@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from osteojax import baselines
+from osteojax.diagnosis import baselines
 from osteojax.data import io as dio
 
 

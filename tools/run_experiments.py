@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 import finetune as finetune_config  # noqa: E402
 
-from osteojax import baselines, finetune  # noqa: E402
+from osteojax.diagnosis import baselines, finetune  # noqa: E402
 from osteojax.data import io as dio  # noqa: E402
 from osteojax.data import task as data_task  # noqa: E402
 from osteojax.evaluate import diagnosis  # noqa: E402

@@ -1,1 +1,1 @@
-"""DXA-MRI alignment: FFT correlation, aligner training, registration."""
+"""Method 2: the DXA-MRI aligner (contrastive spatial encoders, FFT correlation, registration, annotation transfer)."""

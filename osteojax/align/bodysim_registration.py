@@ -4,8 +4,8 @@ Glue between the aligner (osteojax.align.train: encoders, BodySim data) and the 
 registration code (register, refine, mi, transfer, evaluation):
 - `truth_transform`, `xy`: BodySim stores (row, col) pixels and dxa = R mri + t on them; the
   registration code works in (x, y) = (column, row). Both are converted here, once.
-- `make_pairs`: BodySim arrays + encoder maps -> evaluation.RegistrationPair (MRI = source,
-  DXA = target; keypoints reordered to evaluation.KEYPOINTS).
+- `make_pairs`: BodySim arrays + encoder maps -> registration_eval.RegistrationPair (MRI = source,
+  DXA = target; keypoints reordered to registration_eval.KEYPOINTS).
 - `method_table`: the methods of the paper's Table 1 as functions pair -> Rigid2D in pixels
   (identity, Mattes MI, dense, salient, salient + refinement, keypoint floor). A map method
   that fails (RegistrationError) falls back to the identity and is counted in `failures`.
@@ -19,14 +19,14 @@ import collections
 
 import numpy as np
 
-from osteojax.align import evaluation, mi, refine, register, transfer
-from osteojax.align import train as align_train
+from osteojax.align import encoders, mi, pairs, refine, register, registration_eval, transfer
+
 from osteojax.align.rigid import Rigid2D
 from osteojax.data import bodysim
 
 STRIDE = 8   # the spatial encoder's down-sampling (three 2 x 2 max-poolings)
-# bodysim.KEYPOINTS order -> evaluation.KEYPOINTS order
-KP_ORDER = [bodysim.KEYPOINTS.index(k) for k in evaluation.KEYPOINTS]
+# bodysim.KEYPOINTS order -> registration_eval.KEYPOINTS order
+KP_ORDER = [bodysim.KEYPOINTS.index(k) for k in registration_eval.KEYPOINTS]
 
 
 def xy(points_rc) -> np.ndarray:
@@ -43,8 +43,8 @@ def truth_transform(matrix_mri_to_dxa) -> Rigid2D:
 
 def embed_pairs(model, variables, config, data: dict, batch_size: int = 32):
   """Encoder maps of a load_pairs dict with the aligner's channels: (dxa maps, mri maps)."""
-  dxa, mri = align_train.select_channels(data, config)
-  return align_train.embed(model, variables, dxa, mri, batch_size)
+  dxa, mri = pairs.select_channels(data, config)
+  return encoders.embed(model, variables, dxa, mri, batch_size)
 
 
 def make_pairs(data: dict, dxa_maps=None, mri_maps=None) -> list:
@@ -52,7 +52,7 @@ def make_pairs(data: dict, dxa_maps=None, mri_maps=None) -> list:
   truth (Rigid2D, pixels), id)."""
   pairs = []
   for i in range(len(data['dxa'])):
-    pairs.append(evaluation.RegistrationPair(
+    pairs.append(registration_eval.RegistrationPair(
         src_kp=xy(data['keypoints_mri'][i])[KP_ORDER],
         tgt_kp=xy(data['keypoints_dxa'][i])[KP_ORDER],
         src_map=None if mri_maps is None else mri_maps[i],
@@ -82,7 +82,7 @@ def mi_method(spacing_mm: float, mri_channel: str = 'fat', dxa_channel: str = 't
 def choose_on_pairs(candidates: dict, pairs, spacing_mm: float) -> tuple:
   """The key of `candidates` ({key: pair -> Rigid2D}) with the lowest mean keypoint error on
   `pairs` (training pairs, never the test pairs). -> (best key, {key: mean cm})."""
-  e, _, _ = evaluation.run_methods(pairs, candidates, spacing_mm, warmup=False)
+  e, _, _ = registration_eval.run_methods(pairs, candidates, spacing_mm, warmup=False)
   scores = {k: float(np.mean(v)) for k, v in e.items()}
   return min(scores, key=scores.get), scores
 

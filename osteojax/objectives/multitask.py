@@ -2,7 +2,7 @@
 
 The paper's weights are 1.0, 1.0, 0.5; a weight of 0 turns a term off (e.g. class loss only).
 BMD is regressed in g/cm2, standardised with the training split's mean and SD over all devices
-(per device as an ablation: osteojax/finetune.py, bmd_stats).
+(per device as an ablation: osteojax/diagnosis/finetune.py, bmd_stats).
 """
 from __future__ import annotations
 

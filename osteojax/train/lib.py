@@ -224,6 +224,24 @@ class Checkpoints:
       return restored, step
     return state, 0
 
+  def restore_variables(self, step: int | None = None):
+    """({'params', 'batch_stats'} as numpy trees, step) of the newest readable checkpoint (or
+    `step`), read without a template: no model or optimiser needed. (None, 0) when none."""
+    steps = [step] if step is not None else sorted(self.mngr.all_steps(), reverse=True)
+    for s in steps:
+      if s not in self.mngr.all_steps():
+        raise FileNotFoundError(f'no checkpoint of step {s} in {self.directory}')
+      try:
+        tree = self.mngr.restore(s, args=ocp.args.StandardRestore())
+      except Exception as e:  # as in restore: say so, use the previous one
+        if step is not None:
+          raise
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
+                        s, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      return {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}, s
+    return None, 0
+
   def save(self, step: int, state, force: bool = False):
     if force or step % self.every == 0:
       self.mngr.save(step, args=ocp.args.StandardSave(state), force=force)

@@ -3,7 +3,7 @@
 For every labeled vertebra of a CT's mask (VerSe or TotalSegmentator numbering) the ROI is cut
 exactly as tools/extract_rois.py cuts training data (osteojax/data/extract.py, the model's ROI
 geometry from its config), normalised as the pool's original channel, and run through a
-fine-tuned model (osteojax/finetune.py) once per DXA device: the device enters the MoE gate,
+fine-tuned model (osteojax/diagnosis/finetune.py) once per DXA device: the device enters the MoE gate,
 so the model answers "what would this vertebra read on a Hologic / GE Lunar / MEDIX scanner".
 BMD comes back in each device's g/cm^2 (the training split's per-device statistics); the
 T-score uses that maker's young-adult reference for the given sex (osteojax/data/cohort.py);
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from osteojax import finetune  # noqa: E402
+from osteojax.diagnosis import finetune  # noqa: E402
 from osteojax.data import cohort, extract, io, labels  # noqa: E402
 from osteojax.data import params as P  # noqa: E402
 from osteojax.texture import pool as pool_lib  # noqa: E402

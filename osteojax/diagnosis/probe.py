@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import linear_model, metrics, model_selection, pipeline, preprocessing
 
-from osteojax import pretrain
-from osteojax.data import pool_data
-from osteojax.train import lib
+from osteojax.diagnosis import pool_data, pretrain
+from osteojax.train import lib, pretrained
 
 BN_MODES = ('running', 'recompute')
 
@@ -29,12 +28,11 @@ BN_MODES = ('running', 'recompute')
 def load_encoder_state(config, workdir: str | None, input_shape, step: int | None = None):
   """(model, variables) from workdir's newest checkpoint (or `step`), or random init (None)."""
   model = pretrain.build_model(config)
+  if workdir is not None:
+    variables, _ = pretrained.load_variables(workdir, step)
+    return model, jax.tree_util.tree_map(jnp.asarray, variables)
   optim = pretrain.optimizer_config(config, 1)
   state = pretrain.init_state(config, model, input_shape, optim, 1)
-  if workdir is not None:
-    state, got = lib.Checkpoints(workdir).restore(state, step)
-    if got == 0:
-      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
   return model, {'params': state.params, 'batch_stats': state.batch_stats}
 
 

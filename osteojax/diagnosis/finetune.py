@@ -29,14 +29,14 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from osteojax import probe
-from osteojax.data import augment, io, pool_data
+from osteojax.data import augment, io
+from osteojax.diagnosis import pool_data
 from osteojax.data import params as P
 from osteojax.evaluate import diagnosis, metrics
 from osteojax.models import moe, resnet3d
 from osteojax.objectives import multitask
 from osteojax.texture import pool
-from osteojax.train import lib
+from osteojax.train import lib, pretrained
 
 DEVICES = P.DEVICE_NAMES
 BMD_STATS = 'bmd_stats.json'
@@ -143,18 +143,15 @@ def init_variables(config, model, input_shape):
 
 def load_pretrained_encoder(pre_workdir: str, params, batch_stats, input_shape):
   """Replace the encoder's params and batch statistics by a pre-training run's (orbax)."""
-  path = os.path.join(pre_workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{pre_workdir}: no config.json; not a pre-training workdir')
-  with open(path, encoding='utf-8') as f:
-    pre_config = ml_collections.ConfigDict(json.load(f))
-  _, variables = probe.load_encoder_state(pre_config, pre_workdir, input_shape)
-  enc_p, enc_s = variables['params']['encoder'], variables['batch_stats']['encoder']
+  del input_shape   # the checkpoint is read without a template
+  pre_config, enc, _ = pretrained.load_encoder(pre_workdir)
+  enc_p, enc_s = enc['params'], enc['batch_stats']
   shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(a.shape), t)
   if shapes(enc_p) != shapes(params['encoder']):
     raise ValueError(f'the encoder in {pre_workdir} (model {dict(pre_config.model)}) does not '
                      f'match config.model; fine-tune with the same encoder settings')
-  return {**params, 'encoder': enc_p}, {**batch_stats, 'encoder': enc_s}
+  return ({**params, 'encoder': jax.tree_util.tree_map(jnp.asarray, enc_p)},
+          {**batch_stats, 'encoder': jax.tree_util.tree_map(jnp.asarray, enc_s)})
 
 
 def init_state(config, model, input_shape, optim, total_steps) -> lib.TrainState:

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from osteojax.data import augment, pool_data
+from osteojax.data import augment
+from osteojax.diagnosis import pool_data
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav
 from osteojax.texture import pool

@@ -7,7 +7,7 @@
   compare   the model beside what a clinician would use instead (the L1    <workdir>/compare
             trabecular HU rules, radiomics + logistic regression) and the
             ceilings (the oracle, the CT-only oracle) on the same test split:
-            tables and overlaid ROC curves (osteojax/baselines.py, cached)
+            tables and overlaid ROC curves (osteojax/diagnosis/baselines.py, cached)
 
 Each stage is an ordinary task (osteojax/tasks.py) with its own config section (config.pretrain,
 config.finetune); config.data is shared by all of them. Every stage caches or resumes, so a
@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import time
 
-from osteojax import baselines, tasks
+from osteojax import tasks
+from osteojax.diagnosis import baselines
 from osteojax.data import io as dio
 from osteojax.data import task as data_task
 from osteojax.evaluate import diagnosis

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from osteojax.align import bodysim_registration as br  # noqa: E402
-from osteojax.align import train  # noqa: E402
+from osteojax.align import encoders, pairs  # noqa: E402
 from osteojax.data import bodysim, io  # noqa: E402
 from osteojax.evaluate import metrics  # noqa: E402
 
@@ -39,17 +39,17 @@ def similarity_of_run(workdir: str, split: str = 'test', data_dir: str | None = 
   its DXA map against the true placement (bodysim_registration.placement_check); registration
   needs this, retrieval does not. None for the pooled baseline.
   """
-  model, variables, config, step = train.load_encoders(workdir)
-  ddir = data_dir or train.data_dir(config)
+  model, variables, config, step = encoders.load_encoders(workdir)
+  ddir = data_dir or pairs.data_dir(config)
   data = bodysim.load_pairs(ddir, split, limit)
-  dxa, mri = train.select_channels(data, config)
-  train.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
-  fd, fm = train.embed(model, variables, dxa, mri)
+  dxa, mri = pairs.select_channels(data, config)
+  pairs.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
+  fd, fm = encoders.embed(model, variables, dxa, mri)
   placement = None
   if config.model.encoder == 'spatial':
     placement = br.placement_check(fd, fm, [br.truth_transform(m)
                                             for m in data['matrix_mri_to_dxa']])
-  return train.similarity_all(fd, fm), config, step, placement
+  return encoders.similarity_all(fd, fm), config, step, placement
 
 
 def plot_curves(sim, out_prefix: str, title: str) -> list[str]:

@@ -1,0 +1,79 @@
+"""The aligner's DXA / MRI pairs: where they live, which channels are used, input checks.
+
+Today the pairs come from a BodySim folder (osteojax.data.bodysim); every consumer (training,
+retrieval, registration tables, tools/register.py) reads them through this module.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from osteojax.data import bodysim
+
+
+# ------------------------------------------------------------------------------------ data
+def data_dir(config) -> str:
+  """config.data.dir, or a name made of the BodySim settings under data/."""
+  if config.data.dir:
+    return config.data.dir
+  return os.path.join('data', f'bodysim_s{config.data.scale}_seed{config.data.seed}')
+
+
+def ensure_data(config, progress: bool = True) -> str:
+  """The BodySim folder of this config.
+
+  An explicit config.data.dir that already holds a BodySim data set is used as it is (e.g. one
+  made by tools/make_bodysim.py with other sizes); otherwise the folder is generated, or
+  regenerated when it was made with other settings.
+  """
+  out = data_dir(config)
+  marker = os.path.join(out, bodysim.MARKER)
+  if config.data.dir and os.path.exists(marker):
+    return out
+  sizes = dict(config.data.sizes)
+  if not bodysim.is_current(out, config.data.scale, config.data.seed, sizes):
+    print(f'[align] generating BodySim in {out}', flush=True)
+    bodysim.generate(out, config.data.scale, config.data.seed, sizes, config.data.workers,
+                     progress=progress)
+  return out
+
+
+def channel_indices(names, known, modality):
+  """Config channel names -> indices into the stored channels; clear error on unknown names."""
+  names = tuple(names)
+  if not names:
+    raise ValueError(f'no {modality} channels selected (choose from {", ".join(known)})')
+  bad = [n for n in names if n not in known]
+  if bad:
+    raise ValueError(f'unknown {modality} channel(s) {bad}; known: {", ".join(known)}')
+  return [known.index(n) for n in names]
+
+
+def select_channels(data: dict, config) -> tuple[np.ndarray, np.ndarray]:
+  """(dxa [N, H, W, Cd], mri [N, h, w, Cm]) with the config's channels, float32."""
+  di = channel_indices(config.model.dxa_channels, bodysim.DXA_CHANNELS, 'DXA')
+  mi = channel_indices(config.model.mri_channels, bodysim.MRI_CHANNELS, 'MRI')
+  return (np.ascontiguousarray(data['dxa'][..., di]),
+          np.ascontiguousarray(data['mri'][..., mi]))
+
+
+def check_inputs(dxa, mri, dxa_channels: int, mri_channels: int):
+  """Bad input -> ValueError with one clear line: shapes, channel counts, NaNs, empty."""
+  for name, x, c in (('DXA', dxa, dxa_channels), ('MRI', mri, mri_channels)):
+    if x.ndim != 4:
+      raise ValueError(f'{name} scans must be [N, H, W, C], got shape {x.shape}')
+    if x.shape[0] == 0:
+      raise ValueError(f'empty batch: no {name} scans')
+    if x.shape[-1] != c:
+      raise ValueError(f'{name} scans have {x.shape[-1]} channels; the encoder expects {c}')
+    n_bad = int(np.size(x) - np.isfinite(x).sum())
+    if n_bad:
+      raise ValueError(f'{name} scans contain {n_bad} NaN or infinite values')
+  if dxa.shape[0] != mri.shape[0]:
+    raise ValueError(f'{dxa.shape[0]} DXA scans but {mri.shape[0]} MRI scans')
+  if mri.shape[1] > dxa.shape[1] or mri.shape[2] > dxa.shape[2]:
+    raise ValueError(f'the MRI field {mri.shape[1:3]} must fit inside the DXA field '
+                     f'{dxa.shape[1:3]} (same pixel spacing)')
+
+
