@@ -4,6 +4,7 @@ The task is a config field (`config.task`); `osteojax.tasks` maps it to the code
 Override any config value from the command line, e.g. `--config.data.scale=0.2`.
 """
 import os
+import sys
 
 import jax
 from absl import app
@@ -12,6 +13,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from osteojax import tasks
+from osteojax.data.io import OsteoDataError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -31,7 +33,11 @@ def main(argv):
                                  int(os.environ['PROCESS_ID']))
     else:                            # TPU pods and SLURM: found from the environment
       jax.distributed.initialize()
-  tasks.run(FLAGS.config, FLAGS.workdir)
+  try:
+    tasks.run(FLAGS.config, FLAGS.workdir)
+  except OsteoDataError as e:        # bad input: one line, exit status 2
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

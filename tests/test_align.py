@@ -58,13 +58,34 @@ def test_augment_translation_and_intensity():
   x = jnp.zeros((6, 5, 1)).at[2, 2, 0].set(1.0)
   seen = set()
   for i in range(40):
-    y = train.augment(x, jax.random.PRNGKey(i), 1, 0.0)
+    y = train.augment(x, jax.random.PRNGKey(i), 1)
     r, c = np.argwhere(np.asarray(y[..., 0]) > 0)[0]
     seen.add((int(r) - 2, int(c) - 2))
     assert float(y.sum()) == 1.0
   assert seen == {(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)}
-  z = train.augment(jnp.ones((4, 4, 2)) * 0.5, jax.random.PRNGKey(0), 0, 0.2)
+  z = train.augment(jnp.ones((4, 4, 2)) * 0.5, jax.random.PRNGKey(0), 0, brightness=0.2)
   assert 0.4 - 1e-6 <= float(z.mean()) <= 0.6 + 1e-6
+  g = {round(float(train.augment(jnp.full((2, 2, 1), 0.25), jax.random.PRNGKey(i),
+                                 gamma=(0.5, 1.5))[0, 0, 0]), 4) for i in range(20)}
+  assert g == {0.5, 0.125}                       # 0.25 ** 0.5, 0.25 ** 1.5
+
+
+def test_warp_rotates_about_the_centre():
+  """A point r pixels right of the centre moves to (r sin t, r cos t) (rows, cols) from it
+  (clockwise on screen, rows down), and warping back by -t restores the image inside."""
+  x = np.zeros((41, 41, 1), np.float32)
+  x[20, 30, 0] = 1.0
+  t = np.deg2rad(10.0)
+  y = np.asarray(train.warp(jnp.asarray(x), t, jnp.zeros(2)))[..., 0]
+  rr, cc = np.mgrid[:41, :41]
+  cy, cx = (y * rr).sum() / y.sum(), (y * cc).sum() / y.sum()
+  np.testing.assert_allclose([cy - 20, cx - 20], [10 * np.sin(t), 10 * np.cos(t)], atol=0.05)
+  smooth = np.exp(-((rr - 20.0) ** 2 + (cc - 22.0) ** 2) / 30.0)[..., None].astype(np.float32)
+  back = train.warp(train.warp(jnp.asarray(smooth), t, jnp.array([2.0, -1.0])), -t,
+                    jnp.zeros(2))
+  back = train.warp(back, 0.0, jnp.array([-2.0, 1.0]) @ jnp.array(
+      [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]).T)     # the shift, rotated by -t
+  np.testing.assert_allclose(np.asarray(back)[10:30, 10:30], smooth[10:30, 10:30], atol=0.05)
 
 
 def test_one_vs_four_devices_same_losses():
@@ -164,15 +185,30 @@ def test_eval_cli_bad_workdir_one_line(tmp_path, capsys):
 
 
 def test_align_tables_plan():
-  """The shift sweep is evaluated on the validation split only (it chooses the default); the
+  """The recipe table is evaluated on the validation split only (it chooses the default); the
   paper's tables on test, at their own step count and translation."""
   sys.path.insert(0, os.path.join(ROOT, 'tools'))
   import align_tables
-  plan = align_tables.runs([0, 1], ('shift',))
-  assert [r[2] for r in plan] == [f'shift{k}_seed{s}' for k in align_tables.SHIFTS for s in (0, 1)]
+  plan = align_tables.runs([0, 1], ('recipe',))
+  assert [r[2] for r in plan] == [f'{r[1]}_seed{s}' for s in (0, 1) for r in align_tables.RECIPES]
   assert all('--config.eval_split=val' in r[4] for r in plan)
-  assert align_tables.result_path('R', 'shift', 'shift8_seed0').endswith('eval_val.json')
+  assert [r[5] for r in plan[:len(align_tables.RECIPES)]] == [r[2] for r in align_tables.RECIPES]
+  assert align_tables.result_path('R', 'recipe', 'pools1_seed0').endswith('eval_val.json')
   both = align_tables.runs([0], ('channels', 'temperature'))
   assert len(both) == len(align_tables.CHANNELS) + 1 + len(align_tables.TEMPERATURES)
   assert not any('eval_split' in o for r in both for o in r[4])
   assert align_tables.result_path('R', 'temperature', 'tau0.05_seed0').endswith('eval_test.json')
+
+
+def test_every_config_argument_builds_and_scales():
+  """Each configs/align.py argument resolves; 'auto' poolings give the paper's 17.6 mm cells
+  at 2.2 mm (three) and 8.8 mm (one), and the receptive fields are the hand-computed ones."""
+  from osteojax.align import encoders
+  got = {}
+  for arg in (None, 'paper', 'pooled', 'legacy', 'tiny'):
+    got[arg] = encoders.scale_summary(align_config.get_config(arg))
+  assert got['paper']['pools'] == 3 and got['paper']['cell_mm'] == pytest.approx(17.6)
+  assert got['paper']['receptive_field_px'] == 68                 # the paper's encoder
+  assert got[None]['pools'] == 1 and got[None]['cell_mm'] == pytest.approx(17.6)
+  assert got[None]['receptive_field_px'] == 30
+  assert got['legacy']['pools'] == 3 and got['legacy']['stride_px'] == 8

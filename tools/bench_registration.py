@@ -159,7 +159,8 @@ def bench_bodysim(args, scale):
   refine_fn = refine.make_refine_fn(rmodel, {'params': rst.params,
                                              'batch_stats': rst.batch_stats}, rcfg)
   methods = br.method_table(spacing, refine_fn, ('water', 'tissue'),
-                            salient_kw=dict(ratio=args.salient_ratio))
+                            salient_kw=dict(ratio=args.salient_ratio),
+                            stride=encoders.stride(acfg))
   drop = ('identity', 'floor') + (('mattes_mi',) if args.skip_mi else ())
   methods = {k: v for k, v in methods.items() if k not in drop}
   res = {'encode_both': _summary(enc[1:], enc[0])}

@@ -86,7 +86,7 @@ def main(argv=None):
                                        f'{cfg.model.encoder!r}')
   dxa = _channels(dxa_raw, args.dxa, bodysim.DXA_CHANNELS, tuple(cfg.model.dxa_channels))
   mri = _channels(mri_raw, args.mri, bodysim.MRI_CHANNELS, tuple(cfg.model.mri_channels))
-  s = float(bodysim.geometry(cfg.data.scale)['spacing_mm'])
+  s = pairs.spacing_mm(cfg)
   dxa, mri = _to_spacing(dxa, ds, s), _to_spacing(mri, ms, s)
   try:
     pairs.check_inputs(dxa[None], mri[None], dxa.shape[-1], mri.shape[-1])
@@ -102,7 +102,9 @@ def main(argv=None):
     cj = b.index('tissue') if 'tissue' in b else 0
     t_px = mi.register_mi(mri[..., ci], dxa[..., cj], s).transform_px
   else:
-    fd, fm = encoders.embed(model, variables, dxa[None], mri[None])
+    how = cfg.data.get('normalise', 'none')    # as the aligner was trained
+    fd, fm = encoders.embed(model, variables, pairs.normalise(dxa[None], how),
+                            pairs.normalise(mri[None], how))
     try:
       if args.method == 'dense':
         t_cells = register.dense(fm[0], fd[0]).transform
@@ -110,7 +112,7 @@ def main(argv=None):
         t_cells = register.salient(fm[0], fd[0]).transform
     except register.RegistrationError as e:
       raise OsteoDataError(args.mri, f'{args.method} registration failed: {e}') from None
-    t_px = register.to_pixels(t_cells, br.STRIDE)
+    t_px = register.to_pixels(t_cells, encoders.stride(cfg))
   seconds = time.perf_counter() - t0
   t_mm = t_px.to_mm(s)
   os.makedirs(args.out, exist_ok=True)

@@ -119,7 +119,8 @@ def main(argv=None):
 
   # 1. Lowe's ratio of the salient method and the MI channels, chosen on training pairs
   tr_pairs = br.make_pairs(train, fd_tr, fm_tr)
-  ratio, ratio_scores = br.choose_salient_ratio(tr_pairs[:args.mi_pairs], spacing)
+  ratio, ratio_scores = br.choose_salient_ratio(tr_pairs[:args.mi_pairs], spacing,
+                                                stride=encoders.stride(acfg))
   salient_kw = dict(ratio=ratio)
   print(f'[registration] salient ratio {ratio} (training mean cm {ratio_scores})', flush=True)
   mi_channels, mi_scores = br.choose_mi_channels(tr_pairs[:args.mi_pairs], spacing)
@@ -141,9 +142,11 @@ def main(argv=None):
 
   # 3. Table 1 analog
   failures = collections.Counter()
-  methods = br.method_table(spacing, refine_fn, mi_channels, failures, salient_kw=salient_kw)
+  methods = br.method_table(spacing, refine_fn, mi_channels, failures, salient_kw=salient_kw,
+                            stride=encoders.stride(acfg))
   te_pairs = br.make_pairs(test, fd_te, fm_te)
-  placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs])
+  placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs],
+                                encoders.stride(acfg))
   print(f'[registration] aligner placement on the test pairs: {placement}', flush=True)
   errors, seconds, transforms = registration_eval.run_methods(te_pairs, methods, spacing)
   rows = registration_eval.keypoint_table(errors, seconds)

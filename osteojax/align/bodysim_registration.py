@@ -24,7 +24,7 @@ from osteojax.align import encoders, mi, pairs, refine, register, registration_e
 from osteojax.align.rigid import Rigid2D
 from osteojax.data import bodysim
 
-STRIDE = 8   # the spatial encoder's down-sampling (three 2 x 2 max-poolings)
+STRIDE = 8   # the paper's encoder (three 2 x 2 max-poolings); encoders.stride(config) in general
 # bodysim.KEYPOINTS order -> registration_eval.KEYPOINTS order
 KP_ORDER = [bodysim.KEYPOINTS.index(k) for k in registration_eval.KEYPOINTS]
 
@@ -99,20 +99,22 @@ def choose_mi_channels(pairs, spacing_mm: float) -> tuple[tuple[str, str], dict]
 SALIENT_RATIOS = (0.8, 0.9, 0.95, 0.98)
 
 
-def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS) -> tuple[float, dict]:
+def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS,
+                         stride: int = STRIDE) -> tuple[float, dict]:
   """Lowe's ratio for the salient method with the lowest mean keypoint error on `pairs`
   (training pairs, never the test pairs; a failed registration counts as the identity).
 
   The best ratio depends on how distinct the aligner's cells are: a strict ratio keeps few
   matches, a loose one many wrong ones. -> (best, {ratio: mean cm})."""
-  return choose_on_pairs({r: method_table(spacing_mm, salient_kw=dict(ratio=r))['salient']
+  return choose_on_pairs({r: method_table(spacing_mm, salient_kw=dict(ratio=r), stride=stride)['salient']
                           for r in ratios}, pairs, spacing_mm)
 
 
 def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'),
                  failures: collections.Counter | None = None, dense_kw=None,
-                 salient_kw=None) -> dict:
-  """{name: pair -> Rigid2D (MRI px -> DXA px)} in Table 1 order."""
+                 salient_kw=None, stride: int = STRIDE) -> dict:
+  """{name: pair -> Rigid2D (MRI px -> DXA px)} in Table 1 order; stride: image pixels per
+  map cell of the encoder (encoders.stride)."""
   failures = collections.Counter() if failures is None else failures
   dense_kw, salient_kw = dict(dense_kw or {}), dict(salient_kw or {})
 
@@ -132,12 +134,12 @@ def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'
       'identity': lambda p: register.identity(),
       'mattes_mi': mi_method(spacing_mm, *mi_channels),
       'dense': guarded('dense', lambda p: register.to_pixels(
-          register.dense(p.src_map, p.tgt_map, **dense_kw).transform, STRIDE)),
-      'salient': guarded('salient', lambda p: register.to_pixels(salient_cells(p), STRIDE)),
+          register.dense(p.src_map, p.tgt_map, **dense_kw).transform, stride)),
+      'salient': guarded('salient', lambda p: register.to_pixels(salient_cells(p), stride)),
   }
   if refine_fn is not None:
     out['salient_refine'] = guarded('salient_refine', lambda p: register.to_pixels(
-        refine.refine(refine_fn, p.src_map, p.tgt_map, salient_cells(p)), STRIDE))
+        refine.refine(refine_fn, p.src_map, p.tgt_map, salient_cells(p)), stride))
   out['floor'] = lambda p: register.keypoint_floor(p.src_kp, p.tgt_kp)
   return out
 
@@ -165,8 +167,29 @@ def transfer_masks(dxa_masks, transforms, mri_hw) -> np.ndarray:
                    for m, t in zip(dxa_masks, transforms)]).astype(np.int32)
 
 
+# ------------------------------------------------------------------------------------ ceiling
+def keypoint_geometry_similarity(data: dict) -> np.ndarray:
+  """Retrieval reference for BodySim: [N, N] similarity (rows DXA, columns MRI) of nearest
+  neighbours on the subject's keypoint geometry as each scan shows it.
+
+  Each scan's five truth keypoints (hips, shoulders, S1) are rounded to its pixel grid (the
+  resolution of the scale in use) and described by their ten pairwise distances, which a rigid
+  map between the scans leaves unchanged; similarity = minus the Euclidean distance between a
+  DXA and an MRI description. The two descriptions of one subject differ by the joint jitter
+  between the scans and the rounding. This is what a perfect landmark detector would retrieve
+  with; it is not an upper bound of what the images allow (the outline, fat and organs are
+  shared too), so results are read as a fraction of it, not a ceiling that cannot be passed.
+  """
+  def describe(kp):
+    k = np.rint(np.asarray(kp, np.float64))                        # [N, 5, 2] pixels
+    i, j = np.triu_indices(k.shape[1], 1)
+    return np.linalg.norm(k[:, i] - k[:, j], axis=-1)              # [N, 10]
+  d, m = describe(data['keypoints_dxa']), describe(data['keypoints_mri'])
+  return -np.linalg.norm(d[:, None, :] - m[None, :, :], axis=-1)
+
+
 # ------------------------------------------------------------------------------------ diagnosis
-def placement_check(dxa_maps, mri_maps, truths) -> dict:
+def placement_check(dxa_maps, mri_maps, truths, stride: int = STRIDE) -> dict:
   """Where the aligner's own similarity puts each MRI map on its DXA map, against the truth.
 
   For every pair: the valid placement (MRI map wholly inside the DXA map, as in training) of
@@ -184,13 +207,13 @@ def placement_check(dxa_maps, mri_maps, truths) -> dict:
     c = np.asarray(correlation.correlation_maps_fft(jnp.asarray(d[None]),
                                                     jnp.asarray(m[None])))[0, 0]
     iy, ix = np.unravel_index(np.argmax(c), c.shape)
-    cells = t.change_units(1.0 / STRIDE, (-(STRIDE - 1) / 2 / STRIDE,) * 2)
+    cells = t.change_units(1.0 / stride, (-(stride - 1) / 2 / stride,) * 2)
     tx, ty = cells.apply([[0.0, 0.0]])[0]
     dist.append(float(np.hypot(ix - tx, iy - ty)))
     top.append(iy == 0)
     spread.append(float(c.max() - c.min()))
   dist = np.array(dist)
-  return dict(pairs=len(dist), within_half_cell=float(np.mean(dist <= 0.5)),
+  return dict(pairs=len(dist), stride_px=int(stride), within_half_cell=float(np.mean(dist <= 0.5)),
               within_one_cell=float(np.mean(dist <= 1.0)), mean_distance_cells=float(dist.mean()),
               peak_in_top_row=float(np.mean(top)), mean_correlation_spread=float(np.mean(spread)))
 
@@ -198,6 +221,7 @@ def placement_check(dxa_maps, mri_maps, truths) -> dict:
 def placement_sentence(placement: dict) -> str:
   """One line of a placement_check result, for the Markdown outputs."""
   return (f'where the aligner\'s own correlation (valid placements, as in training) puts each '
-          f'MRI map on its DXA map: {placement["within_one_cell"]:.0%} within one cell (8 px) of '
+          f'MRI map on its DXA map: {placement["within_one_cell"]:.0%} within one cell '
+          f'({placement.get("stride_px", STRIDE)} px) of '
           f'the true placement, mean distance {placement["mean_distance_cells"]:.2f} cells, peak '
           f'in the top row for {placement["peak_in_top_row"]:.0%} of the pairs.')

@@ -1,18 +1,49 @@
 """The aligner's encoders: build from a config, load a trained run, embed scans, similarities."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osteojax.align import correlation
+from osteojax.align import correlation, pairs
 from osteojax.models import spatial
 from osteojax.train import pretrained
+
+# The paper's encoder at 2.2 mm: three poolings, cells of 8 px = 17.6 mm, receptive field 68 px
+PAPER_CELL_MM = 8 * 2.2
+PAPER_RF_MM = spatial.receptive_field(3, 3) * 2.2
+
+
+def pools(config) -> int:
+  """Max-poolings of the encoder: config.model.pools, or for 'auto' (and configs written before
+  the setting) the count whose cell size at the data's pixel spacing is nearest the paper's
+  17.6 mm, at most one per stage."""
+  p = config.model.get('pools', 'auto')
+  if p != 'auto':
+    return int(p)
+  stages = len(config.model.widths)
+  return int(min(max(round(math.log2(PAPER_CELL_MM / pairs.spacing_mm(config))), 0), stages))
+
+
+def stride(config) -> int:
+  """Image pixels per map cell."""
+  return 2 ** pools(config) if config.model.encoder == 'spatial' else 1
+
+
+def scale_summary(config) -> dict:
+  """Cell size and receptive field of the config's encoder, in pixels and mm."""
+  s, k = pairs.spacing_mm(config), pools(config)
+  rf = spatial.receptive_field(len(config.model.widths), k)
+  return dict(spacing_mm=s, pools=k, stride_px=2 ** k, cell_mm=2 ** k * s,
+              receptive_field_px=rf, receptive_field_mm=rf * s)
 
 
 def build_model(config) -> spatial.Aligner:
   m = config.model
-  return spatial.Aligner(m.encoder, tuple(m.widths), m.last_width, m.embed_dim)
+  return spatial.Aligner(m.encoder, tuple(m.widths), m.last_width, m.embed_dim,
+                         pools=pools(config))
 
 
 def embed(model, variables, dxa, mri, batch_size: int = 32):

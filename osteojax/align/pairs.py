@@ -1,7 +1,10 @@
-"""The aligner's DXA / MRI pairs: where they live, which channels are used, input checks.
+"""The aligner's DXA / MRI pairs: where they live, which channels are used, how each scan is
+normalised, input checks.
 
-Today the pairs come from a BodySim folder (osteojax.data.bodysim); every consumer (training,
-retrieval, registration tables, tools/register.py) reads them through this module.
+The pairs come from a BodySim folder (osteojax.data.bodysim) or, with config.data.manifest,
+from your own files (osteojax.align.manifest: resampled to data.spacing_mm and placed on the
+data.dxa_canvas / mri_canvas grids, by default BodySim's at data.scale). Training and retrieval
+read them through `load`.
 """
 from __future__ import annotations
 
@@ -20,13 +23,55 @@ def data_dir(config) -> str:
   return os.path.join('data', f'bodysim_s{config.data.scale}_seed{config.data.seed}')
 
 
+def spacing_mm(config) -> float:
+  """The pixel spacing of the config's pairs (both modalities share it): data.spacing_mm, or
+  BodySim's at data.scale."""
+  return float(config.data.get('spacing_mm') or bodysim.geometry(config.data.scale)['spacing_mm'])
+
+
+def canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
+  """(DXA, MRI) image sizes (rows, cols): data.dxa_canvas / mri_canvas, or BodySim's."""
+  g = bodysim.geometry(config.data.scale)
+  return (tuple(config.data.get('dxa_canvas') or g['dxa_shape']),
+          tuple(config.data.get('mri_canvas') or g['mri_shape']))
+
+
+def load(config, split: str, limit: int | None = None, data_dir: str | None = None) -> dict:
+  """One split of the config's pairs as arrays (bodysim.load_pairs' keys; no alignment truth
+  from a manifest). data_dir: read this BodySim folder instead."""
+  if config.data.get('manifest') and not data_dir:
+    from osteojax.align import manifest
+    dxa_canvas, mri_canvas = canvases(config)
+    return manifest.load(config.data.manifest, split, config.model.dxa_channels,
+                         config.model.mri_channels, spacing_mm(config), dxa_canvas, mri_canvas,
+                         limit)
+  return bodysim.load_pairs(data_dir or ensure_data(config, progress=False), split, limit)
+
+
+NORMALISE = ('minmax', 'none')
+
+
+def normalise(x: np.ndarray, how: str) -> np.ndarray:
+  """Per scan and channel: 'minmax' maps [min, max] to [0, 1] (the authors' normalise_channels),
+  'none' leaves the values. x: [N, H, W, C]."""
+  if how == 'none':
+    return x
+  if how != 'minmax':
+    raise ValueError(f'unknown normalisation {how!r}; known: {", ".join(NORMALISE)}')
+  lo = x.min(axis=(1, 2), keepdims=True)
+  hi = x.max(axis=(1, 2), keepdims=True)
+  return ((x - lo) / (hi - lo + 1e-5)).astype(np.float32)
+
+
 def ensure_data(config, progress: bool = True) -> str:
-  """The BodySim folder of this config.
+  """The BodySim folder of this config (the manifest's path when it reads one).
 
   An explicit config.data.dir that already holds a BodySim data set is used as it is (e.g. one
   made by tools/make_bodysim.py with other sizes); otherwise the folder is generated, or
   regenerated when it was made with other settings.
   """
+  if config.data.get('manifest'):
+    return config.data.manifest
   out = data_dir(config)
   marker = os.path.join(out, bodysim.MARKER)
   if config.data.dir and os.path.exists(marker):
@@ -51,11 +96,15 @@ def channel_indices(names, known, modality):
 
 
 def select_channels(data: dict, config) -> tuple[np.ndarray, np.ndarray]:
-  """(dxa [N, H, W, Cd], mri [N, h, w, Cm]) with the config's channels, float32."""
-  di = channel_indices(config.model.dxa_channels, bodysim.DXA_CHANNELS, 'DXA')
-  mi = channel_indices(config.model.mri_channels, bodysim.MRI_CHANNELS, 'MRI')
-  return (np.ascontiguousarray(data['dxa'][..., di]),
-          np.ascontiguousarray(data['mri'][..., mi]))
+  """(dxa [N, H, W, Cd], mri [N, h, w, Cm]) with the config's channels, float32, normalised
+  per scan as config.data.normalise says ('none' for runs written before the setting)."""
+  di = channel_indices(config.model.dxa_channels, data.get('dxa_channels', bodysim.DXA_CHANNELS),
+                       'DXA')
+  mi = channel_indices(config.model.mri_channels, data.get('mri_channels', bodysim.MRI_CHANNELS),
+                       'MRI')
+  how = config.data.get('normalise', 'none')
+  return (normalise(np.ascontiguousarray(data['dxa'][..., di]), how),
+          normalise(np.ascontiguousarray(data['mri'][..., mi]), how))
 
 
 def check_inputs(dxa, mri, dxa_channels: int, mri_channels: int):

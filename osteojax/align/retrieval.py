@@ -33,23 +33,27 @@ def scores(sim) -> dict:
 
 def similarity_of_run(workdir: str, split: str = 'test', data_dir: str | None = None,
                       limit: int | None = None):
-  """(sim [N, N], config, step, placement) of the checkpoint in workdir on a BodySim split.
+  """(sim [N, N], config, step, placement, reference [N, N]) of the checkpoint in workdir on a
+  BodySim split; reference: the keypoint-geometry retrieval reference of the same pairs
+  (bodysim_registration.keypoint_geometry_similarity).
 
   placement: for spatial encoders, where the aligner's own correlation puts each MRI map on
   its DXA map against the true placement (bodysim_registration.placement_check); registration
   needs this, retrieval does not. None for the pooled baseline.
   """
   model, variables, config, step = encoders.load_encoders(workdir)
-  ddir = data_dir or pairs.data_dir(config)
-  data = bodysim.load_pairs(ddir, split, limit)
+  data = pairs.load(config, split, limit, data_dir)
   dxa, mri = pairs.select_channels(data, config)
   pairs.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
   fd, fm = encoders.embed(model, variables, dxa, mri)
   placement = None
-  if config.model.encoder == 'spatial':
+  if config.model.encoder == 'spatial' and 'matrix_mri_to_dxa' in data:
     placement = br.placement_check(fd, fm, [br.truth_transform(m)
-                                            for m in data['matrix_mri_to_dxa']])
-  return encoders.similarity_all(fd, fm), config, step, placement
+                                            for m in data['matrix_mri_to_dxa']],
+                                   encoders.stride(config))
+  known = np.isfinite(data['keypoints_dxa']).all() and np.isfinite(data['keypoints_mri']).all()
+  return (encoders.similarity_all(fd, fm), config, step, placement,
+          br.keypoint_geometry_similarity(data) if known else None)
 
 
 def plot_curves(sim, out_prefix: str, title: str) -> list[str]:
@@ -92,15 +96,21 @@ def markdown_row(name: str, m: dict) -> str:
           f'{100 * m["eer"]:.2f} | {m["tpr_at_fpr"]:.3f} |')
 
 
+REFERENCE = 'reference: keypoint geometry (truth, pixel grid)'
 HEADER = ('| run | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | TPR@FPR=1% |\n'
           '|---|---|---|---|---|---|---|---|')
 
 
 def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
                  out_dir: str | None = None, limit: int | None = None) -> dict:
-  """Evaluate the newest checkpoint in workdir; writes eval_<split>.{json,md} and PNGs."""
-  sim, config, step, placement = similarity_of_run(workdir, split, data_dir, limit)
+  """Evaluate workdir's checkpoint (the one chosen on validation when the run kept one, else
+  the newest); writes eval_<split>.{json,md} and PNGs. Beside the aligner's metrics: the
+  keypoint-geometry reference on the same pairs and the aligner's recall@1 as a fraction of
+  it."""
+  sim, config, step, placement, ref = similarity_of_run(workdir, split, data_dir, limit)
   m = scores(sim)
+  mr = scores(ref) if ref is not None else None
+  frac = m['recall@1'] / mr['recall@1'] if mr and mr['recall@1'] else float('nan')
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
   name = (f'{config.model.encoder} DXA {"+".join(config.model.dxa_channels)} / MRI '
@@ -111,11 +121,18 @@ def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
              encoder=config.model.encoder, dxa_channels=list(config.model.dxa_channels),
              mri_channels=list(config.model.mri_channels),
              temperature=config.loss.temperature, seed=config.seed,
-             data_seed=config.data.seed, shift_px=config.augment.shift_px, metrics=m,
-             placement=placement, pngs=pngs, generated_data=True)
+             data_seed=config.data.seed, augment=config.augment.to_dict(),
+             shift_px=config.augment.shift_px, normalise=config.data.get('normalise', 'none'),
+             scale=encoders.scale_summary(config), metrics=m, reference=mr,
+             recall1_fraction_of_reference=frac, placement=placement, pngs=pngs,
+             generated_data=not (config.data.get('manifest') and not data_dir))
   io.atomic_write_text(os.path.join(out_dir, f'eval_{split}.json'), json.dumps(res, indent=1))
-  md = (f'# Aligner evaluation ({split} split of generated BodySim data, N = {len(sim)}, '
-        f'step {step})\n\n{HEADER}\n{markdown_row(name, m)}\n\nMRI -> DXA: R@1 '
+  source = ('the manifest ' + config.data.manifest if config.data.get('manifest') and not data_dir
+            else 'generated BodySim data')
+  ref_row = f'{markdown_row(REFERENCE, mr)}\n' if mr else ''
+  ref_line = f'Recall@1 is {frac:.0%} of the reference\'s. ' if mr else ''
+  md = (f'# Aligner evaluation ({split} split of {source}, N = {len(sim)}, step {step})\n\n'
+        f'{HEADER}\n{markdown_row(name, m)}\n{ref_row}\n{ref_line}MRI -> DXA: R@1 '
         f'{100 * m["mri_to_dxa"]["recall@1"]:.1f} %, mean rank '
         f'{m["mri_to_dxa"]["mean_rank"]:.2f}.\n')
   if placement:

@@ -1,12 +1,14 @@
 """Task 'align': contrastive training of the DXA and MRI encoders on BodySim pairs.
 
-Per global batch of N pairs: augment both scans (random translation, brightness, contrast),
-encode, gather the maps of the whole batch across devices (`lax.all_gather`), similarity of every
+Each scan is normalised per channel to [0, 1] (pairs.normalise). Per global batch of N pairs:
+augment both scans as the authors do (rotation, small translation, brightness, gamma), encode, gather the maps of the whole batch across devices (`lax.all_gather`), similarity of every
 DXA / MRI pair = max over translations of the map correlation (FFT, osteojax.align.correlation),
 symmetric InfoNCE with temperature tau. Every device computes the same N x N loss on the gathered
 maps; the gather's transpose sums the devices' gradients of their own examples' maps, and the
 step's `pmean` then averages D identical-scale copies, so the update equals the 1-device one.
-After training the test split is evaluated (osteojax.align.retrieval) into <workdir>/eval_test.*.
+Every config.eval_every steps the validation pairs are retrieved and the checkpoint with the
+best validation mean rank is kept in <workdir>/best (the authors' choice); the test split is then
+evaluated with it (osteojax.align.retrieval) into <workdir>/eval_test.*.
 """
 from __future__ import annotations
 
@@ -17,23 +19,47 @@ from jax import lax
 
 from osteojax.align import correlation, encoders, pairs
 from osteojax.data import bodysim
+from osteojax.data.io import OsteoDataError
+from osteojax.evaluate import metrics
 from osteojax.objectives import contrastive
 from osteojax.train import lib
 
 
 # ------------------------------------------------------------------------------------ augment
-def augment(x, key, shift: int, intensity: float):
-  """Random integer translation (zero fill) by up to +-shift px and brightness / contrast
-  scaling by up to +-intensity. x: [H, W, C]."""
-  ks, kc, kb = jax.random.split(key, 3)
-  if shift:
-    d = jax.random.randint(ks, (2,), -shift, shift + 1)
-    pad = jnp.pad(x, ((shift, shift), (shift, shift), (0, 0)))
-    x = lax.dynamic_slice(pad, (shift - d[0], shift - d[1], 0), x.shape)
-  c = 1 + intensity * jax.random.uniform(kc, (), minval=-1, maxval=1)
-  b = 1 + intensity * jax.random.uniform(kb, (), minval=-1, maxval=1)
-  m = jnp.mean(x, axis=(0, 1), keepdims=True)
-  return jnp.maximum((m + (x - m) * c) * b, 0.0)
+def warp(x, theta, shift):
+  """x [H, W, C] rotated by theta (radians; clockwise on screen, rows pointing down) about the
+  image centre, then translated by shift = (rows, cols) pixels; bilinear, zero outside."""
+  h, w = x.shape[:2]
+  cy, cx = (h - 1) / 2, (w - 1) / 2
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing='ij')
+  py, px = yy - cy - shift[0], xx - cx - shift[1]       # output pixel -> source pixel
+  c, s = jnp.cos(theta), jnp.sin(theta)
+  qy, qx = c * py - s * px + cy, s * py + c * px + cx
+  return jnp.stack([jax.scipy.ndimage.map_coordinates(x[..., k], [qy, qx], order=1,
+                                                      mode='constant', cval=0.0)
+                    for k in range(x.shape[-1])], axis=-1)
+
+
+def augment(x, key, shift_px: int = 0, rotate_deg: float = 0.0, brightness: float = 0.0,
+            gamma=(1.0,)):
+  """The authors' augmentation of one scan x [H, W, C] (values in [0, 1], data.normalise
+  'minmax'): rotation by U(-rotate_deg, rotate_deg) about the centre and an integer translation
+  of up to +-shift_px each way (bilinear, zero fill), then brightness x U(1 - b, 1 + b) clipped
+  to [0, 1] and a gamma drawn uniformly from `gamma` (theirs: 1, 1, 0.5, 1.5)."""
+  kr, ks, kb, kg = jax.random.split(key, 4)
+  if shift_px or rotate_deg:
+    theta = jnp.deg2rad(rotate_deg) * jax.random.uniform(kr, (), minval=-1, maxval=1)
+    d = jax.random.randint(ks, (2,), -shift_px, shift_px + 1).astype(jnp.float32)
+    x = warp(x, theta, d)
+  b = 1 + brightness * jax.random.uniform(kb, (), minval=-1, maxval=1)
+  g = jnp.asarray(gamma, jnp.float32)[jax.random.randint(kg, (), 0, len(gamma))]
+  return jnp.clip(x * b, 0.0, 1.0) ** g
+
+
+def augment_fn(a):
+  """augment with the settings of config.augment."""
+  return lambda x, k: augment(x, k, a.shift_px, a.rotate_deg, a.brightness, tuple(a.gamma))
 
 
 # ------------------------------------------------------------------------------------ state and loss
@@ -58,15 +84,15 @@ def make_loss_fn(config, model):
 
   batch: dict(dxa [b, H, W, Cd], mri [b, h, w, Cm]) float32, this device's share.
   """
-  a = config.augment
+  aug = augment_fn(config.augment)
 
   def loss_fn(params, batch_stats, batch, rng, step):
     b = batch['dxa'].shape[0]
     keys = lib.example_keys(rng, b)
     kd = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     km = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    dxa = jax.vmap(lambda x, k: augment(x, k, a.shift_px, a.intensity))(batch['dxa'], kd)
-    mri = jax.vmap(lambda x, k: augment(x, k, a.shift_px, a.intensity))(batch['mri'], km)
+    dxa = jax.vmap(aug)(batch['dxa'], kd)
+    mri = jax.vmap(aug)(batch['mri'], km)
     (fd, fm), new = model.apply({'params': params, 'batch_stats': batch_stats}, dxa, mri,
                                 train=True, mutable=['batch_stats'])
     fd = lax.all_gather(fd, lib.AXIS, tiled=True)                   # [B, H', W', D]
@@ -83,11 +109,31 @@ def make_loss_fn(config, model):
 
 
 # ------------------------------------------------------------------------------------ task
+def validation_fn(config, model, ddir: str):
+  """eval_fn(state) for lib.fit: retrieval on the validation pairs; score = -mean rank.
+  None when the data set has no validation pairs."""
+  try:
+    val = pairs.load(config, 'val', data_dir=None if config.data.get('manifest') else ddir)
+  except OsteoDataError as e:
+    if 'no split' in str(e) or 'no subjects in split' in str(e) or 'is empty' in str(e):
+      return None
+    raise
+  dxa, mri = pairs.select_channels(val, config)
+
+  def eval_fn(state):
+    fd, fm = encoders.embed(model, {'params': state.params, 'batch_stats': state.batch_stats},
+                            dxa, mri)
+    m = metrics.retrieval_metrics(encoders.similarity_all(fd, fm))
+    return {'score': -m['mean_rank'], 'mean_rank': m['mean_rank'], 'recall@1': m['recall@1']}
+  return eval_fn
+
+
 def run(config, workdir: str):
   """Train on the BodySim train split, then evaluate the test split into workdir."""
   from osteojax.align import retrieval   # imports matplotlib; only needed here
   ddir = pairs.ensure_data(config)
-  train = bodysim.load_pairs(ddir, 'train', config.data.get('train_limit') or None)
+  train = pairs.load(config, 'train', config.data.get('train_limit') or None,
+                     data_dir=None if config.data.get('manifest') else ddir)
   dxa, mri = pairs.select_channels(train, config)
   pairs.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
   n = len(dxa)
@@ -99,19 +145,26 @@ def run(config, workdir: str):
   total = config.steps
   model = encoders.build_model(config)
   state = init_state(config, model, dxa.shape[1:], mri.shape[1:], total)
-  print(f'[align] {n} training pairs, DXA {dxa.shape[1:]} MRI {mri.shape[1:]}, encoder '
-        f'{config.model.encoder}, tau {config.loss.temperature}, {total} steps of batch '
-        f'{config.batch_size} on {jax.device_count()} device(s)', flush=True)
+  g = encoders.scale_summary(config)
+  print(f'[align] {n} training pairs, DXA {dxa.shape[1:]} MRI {mri.shape[1:]} at '
+        f'{g["spacing_mm"]:g} mm, encoder {config.model.encoder} ({g["pools"]} poolings: '
+        f'cells {g["cell_mm"]:g} mm, receptive field {g["receptive_field_mm"]:.0f} mm; the '
+        f'paper {encoders.PAPER_CELL_MM:g} / {encoders.PAPER_RF_MM:.0f} mm), tau '
+        f'{config.loss.temperature}, {total} steps of batch {config.batch_size} on '
+        f'{jax.device_count()} device(s)', flush=True)
 
   def make_batch(step):
     idx = lib.host_indices(lib.batch_indices(n, config.batch_size, config.seed, step))
     return {'dxa': dxa[idx], 'mri': mri[idx]}
 
   lr_fn = None if config.optim.decay == 'constant' else lib.make_schedule(config.optim, total)
+  eval_fn = validation_fn(config, model, ddir) if config.get('eval_every') else None
   state = lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
                   make_batch=make_batch, total_steps=total, seed=config.seed,
                   batch_size=config.batch_size, log_every=config.log_every,
-                  ckpt_every=config.ckpt_every, lr_fn=lr_fn, name='align')
+                  ckpt_every=config.ckpt_every, lr_fn=lr_fn, name='align',
+                  eval_fn=eval_fn, eval_every=config.get('eval_every') or 0)
   if config.eval_split:
-    retrieval.evaluate_run(workdir, config.eval_split, data_dir=ddir)
+    retrieval.evaluate_run(workdir, config.eval_split,
+                           data_dir=None if config.data.get('manifest') else ddir)
   return state
