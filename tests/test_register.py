@@ -64,6 +64,12 @@ def test_rotate_and_warp_by_hand():
   w, v = register.warp(m, jnp.array([0.0, 1.0, 0.0]), (2.0, 2.0), (5, 5))
   np.testing.assert_allclose(w[3, 1], m[3, 2], atol=1e-5)           # out(u) = m(u + (1, 0))
   assert v[0, 4] == 0.0 and float(jnp.abs(w[0, 4]).sum()) == 0.0
+  img = m * 3.0 + 5.0                                               # an image: no unit vectors
+  wi, _ = register.warp(img, jnp.array([0.0, 1.0, 0.0]), (2.0, 2.0), (5, 5), unit=False)
+  np.testing.assert_allclose(wi[3, 1], img[3, 2], atol=1e-5)
+  x = refine.make_input(img[:3], img, jnp.array([0.0, 0.0, 1.0]), unit=False)
+  np.testing.assert_allclose(x[1, 2, 3:6], img[2, 2], atol=1e-5)    # warped DXA beside the MRI
+  np.testing.assert_allclose(x[1, 2, :3], img[1, 2], atol=1e-5)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])

@@ -50,6 +50,8 @@ RECIPES = [   # (label, run name, config argument, overrides)
      ['--config.model.pools=1']),
     ('1 pooling, +-4 px translation', 'pools1_shift4', '',
      ['--config.model.pools=1', '--config.augment.shift_px=4']),
+    ('1 pooling, 800 steps', 'pools1_steps800', '',
+     ['--config.model.pools=1', '--config.steps=800']),
 ]
 KEYS = ('recall@1', 'recall@5', 'recall@10', 'mean_rank', 'auc', 'eer', 'tpr_at_fpr')
 PLACEMENT_KEYS = ('within_one_cell', 'mean_distance_cells', 'peak_in_top_row')
@@ -143,7 +145,7 @@ def main(argv=None):
     place = table == 'recipe'
     lines += [f'### {TITLES[table]}', '',
               '| input | seeds | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | TPR@FPR=1% |'
-              + (' R@1 / reference % | within 1 cell % | cells off | top row % |' if place
+              + (' R@1 / reference % | within 1 cell % | placement off, mm | top row % |' if place
                  else ''),
               '|---|---|---|---|---|---|---|---|---|' + ('---|---|---|---|' if place else '')]
     labels = list(dict.fromkeys(lab for tb, lab, *_ in plan if tb == table))
@@ -164,23 +166,59 @@ def main(argv=None):
         pl = [done[n]['placement'] for n in names]
         row.update({k: [q[k] for q in pl] for k in PLACEMENT_KEYS})
         row['fraction_of_reference'] = [done[n]['recall1_fraction_of_reference'] for n in names]
-        cells += [fmt(row['fraction_of_reference'], 'eer'), fmt(row['within_one_cell'], 'eer'), fmt(row['mean_distance_cells'], 'mean_rank'),
-                  fmt(row['peak_in_top_row'], 'eer')]
+        row['placement_error_mm'] = [q['mean_distance_cells'] * q['stride_px']
+                                     * done[n]['scale']['spacing_mm'] for q, n in zip(pl, names)]
+        cells += [fmt(row['fraction_of_reference'], 'eer'), fmt(row['within_one_cell'], 'eer'),
+                  fmt(row['placement_error_mm'], 'mean_rank'), fmt(row['peak_in_top_row'], 'eer')]
       table_json.setdefault(table, {})[lab] = dict(row, seeds=seeds_done,
                                                    n=done[names[0]]['n'])
       lines.append(f'| {lab} | {",".join(map(str, seeds_done))} | ' + ' | '.join(cells) + ' |')
     lines.append('')
   head = (f'Generated BodySim data; channel and temperature rows: test split, {args.steps} '
           f'training steps, shift_px {args.shift_px}; recipe rows: validation split, the '
-          f'default\'s steps, the checkpoint of best validation mean rank. Mean ± sd over seeds (model init, batch order, augmentation; the '
-          f'data is fixed).\n')
+          f'default\'s steps, the checkpoint of best validation mean rank. Mean ± sd over '
+          f'seeds (model init, batch order, augmentation; the data is fixed).\n')
   os.makedirs(args.root, exist_ok=True)
   with open(os.path.join(args.root, 'align_tables.md'), 'w', encoding='utf-8') as f:
     f.write(head + '\n' + '\n'.join(lines))
   with open(os.path.join(args.root, 'align_tables.json'), 'w', encoding='utf-8') as f:
     json.dump(dict(steps=args.steps, shift_px=args.shift_px, tables=table_json), f, indent=1)
+  if 'recipe' in tables:
+    curves(args.root, [r for r in plan if r[0] == 'recipe'])
   print(head + '\n' + '\n'.join(lines))
   return 0
+
+
+def curves(root: str, plan) -> str | None:
+  """<root>/validation_curves.png: validation mean rank against training steps, one colour per
+  recipe row, one line per seed (from each run's validation.json)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  colours = {}
+  for _, label, name, seed, *_ in plan:
+    path = os.path.join(root, name, 'validation.json')
+    if not os.path.exists(path):
+      continue
+    with open(path, encoding='utf-8') as f:
+      e = json.load(f)['entries']
+    c = colours.setdefault(label, f'C{len(colours)}')
+    ax.plot([x['step'] for x in e], [x['mean_rank'] for x in e], color=c, lw=1.2,
+            ls='-' if seed == 0 else '--', label=f'{label} (seed {seed})')
+  if not colours:
+    plt.close(fig)
+    return None
+  ax.set_yscale('log')
+  ax.set_xlabel('training step (batch 16)')
+  ax.set_ylabel('validation mean rank (50 pairs; 1 = perfect)')
+  ax.set_title('Aligner recipes on generated BodySim data (validation split)', fontsize=9)
+  ax.legend(fontsize=6, loc='upper right')
+  fig.tight_layout()
+  out = os.path.join(root, 'validation_curves.png')
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
 
 
 if __name__ == '__main__':

@@ -8,8 +8,10 @@ Stages (all on generated BodySim data, the aligner's own data set):
 1. Lowe's ratio of the salient method (of 0.8, 0.9, 0.95, 0.98) and the MI channel pair (MRI
    fat / water vs DXA bone / tissue), each the one with the lowest mean keypoint error on the
    first 20 training pairs.
-2. Refinement regressor (configs/refine.py) trained on the first 50 training pairs the salient
-   method aligns (the paper's recipe), perturbed copies drawn on the fly.
+2. Refinement regressor: by default the paper's, at image resolution (configs/refine.py:image:
+   the MRI image beside the DXA image warped onto it), trained on the first 50 training pairs
+   through their true alignment (pairs known to be aligned), perturbed copies drawn on the fly;
+   --refiner maps: on feature maps, trained on the pairs the salient method aligns.
 3. Table 1 analog on the test split (100 pairs): keypoint transfer error (cm) per method for
    hip joints, S1, shoulder joints, median and mean +- sd over all; seconds per pair on this
    machine (registration only; encoding both scans is timed apart). -> table1.json / .md,
@@ -84,6 +86,11 @@ def main(argv=None):
   ap.add_argument('--test-pairs', type=int, default=100)
   ap.add_argument('--refine-pairs', type=int, default=50)
   ap.add_argument('--refine-steps', type=int, default=None, help='default: configs/refine.py')
+  ap.add_argument('--refiner', choices=('image', 'maps'), default='image',
+                  help="image: the paper's refiner (MRI image beside the warped DXA image, "
+                       "trained on training pairs through their true alignment, "
+                       "configs/refine.py:image); maps: on feature maps, trained on "
+                       "salient-aligned pairs (configs/refine.py)")
   ap.add_argument('--refine-min-inliers', type=int, default=10,
                   help='LMedS inliers a salient-aligned training pair needs to be kept')
   ap.add_argument('--mi-pairs', type=int, default=20,
@@ -126,16 +133,21 @@ def main(argv=None):
   mi_channels, mi_scores = br.choose_mi_channels(tr_pairs[:args.mi_pairs], spacing)
   print(f'[registration] MI channels {mi_channels} (training mean cm {mi_scores})', flush=True)
 
-  # 2. refinement regressor on salient-aligned training pairs
-  rcfg = refine_config.get_config()
+  # 2. refinement regressor: on images through the true alignment, or on salient-aligned maps
+  rcfg = refine_config.get_config('image' if args.refiner == 'image' else None)
   if args.refine_steps:
     rcfg.steps = args.refine_steps
   rdir = os.path.join(args.out, 'refiner')
   tried = 2 * args.refine_pairs
+  norm = acfg.data.get('normalise', 'none')
   try:
-    refine_fn, refine_info = br.train_refiner(rcfg, rdir, fm_tr[:tried], fd_tr[:tried],
-                                              args.refine_pairs, args.refine_min_inliers,
-                                              salient_kw)
+    if args.refiner == 'image':
+      refine_fn, refine_info = br.train_image_refiner(rcfg, rdir, train, args.refine_pairs,
+                                                      norm)
+    else:
+      refine_fn, refine_info = br.train_refiner(rcfg, rdir, fm_tr[:tried], fd_tr[:tried],
+                                                args.refine_pairs, args.refine_min_inliers,
+                                                salient_kw)
   except ValueError as e:      # too few salient-aligned pairs: no refinement row
     refine_fn, refine_info = None, dict(trained=False, reason=str(e))
   print(f'[registration] refiner: {refine_info}', flush=True)
@@ -143,7 +155,8 @@ def main(argv=None):
   # 3. Table 1 analog
   failures = collections.Counter()
   methods = br.method_table(spacing, refine_fn, mi_channels, failures, salient_kw=salient_kw,
-                            stride=encoders.stride(acfg))
+                            stride=encoders.stride(acfg), refine_on=args.refiner,
+                            normalise=norm)
   te_pairs = br.make_pairs(test, fd_te, fm_te)
   placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs],
                                 encoders.stride(acfg))

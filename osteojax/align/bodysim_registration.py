@@ -96,7 +96,7 @@ def choose_mi_channels(pairs, spacing_mm: float) -> tuple[tuple[str, str], dict]
   return tuple(best.split('/')), scores
 
 
-SALIENT_RATIOS = (0.8, 0.9, 0.95, 0.98)
+SALIENT_RATIOS = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 
 
 def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS,
@@ -112,9 +112,12 @@ def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS,
 
 def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'),
                  failures: collections.Counter | None = None, dense_kw=None,
-                 salient_kw=None, stride: int = STRIDE) -> dict:
+                 salient_kw=None, stride: int = STRIDE, refine_on: str = 'maps',
+                 normalise: str = 'minmax') -> dict:
   """{name: pair -> Rigid2D (MRI px -> DXA px)} in Table 1 order; stride: image pixels per
-  map cell of the encoder (encoders.stride)."""
+  map cell of the encoder (encoders.stride). refine_on: 'maps' (a refiner of feature maps,
+  train_refiner) or 'image' (the paper's: images normalised as `normalise`,
+  train_image_refiner)."""
   failures = collections.Counter() if failures is None else failures
   dense_kw, salient_kw = dict(dense_kw or {}), dict(salient_kw or {})
 
@@ -137,7 +140,13 @@ def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'
           register.dense(p.src_map, p.tgt_map, **dense_kw).transform, stride)),
       'salient': guarded('salient', lambda p: register.to_pixels(salient_cells(p), stride)),
   }
-  if refine_fn is not None:
+  if refine_fn is not None and refine_on == 'image':
+    def refined(start):
+      return lambda p: refine.refine(refine_fn, _norm(p.src_image, normalise),
+                                     _norm(p.tgt_image, normalise), start(p))
+    out['salient_refine'] = guarded('salient_refine', refined(out['salient']))
+    out['dense_refine'] = guarded('dense_refine', refined(out['dense']))
+  elif refine_fn is not None:
     out['salient_refine'] = guarded('salient_refine', lambda p: register.to_pixels(
         refine.refine(refine_fn, p.src_map, p.tgt_map, salient_cells(p)), stride))
   out['floor'] = lambda p: register.keypoint_floor(p.src_kp, p.tgt_kp)
@@ -145,6 +154,29 @@ def method_table(spacing_mm: float, refine_fn=None, mi_channels=('fat', 'tissue'
 
 
 # ------------------------------------------------------------------------------------ refiner
+def _norm(image, how: str):
+  return pairs.normalise(np.asarray(image, np.float32)[None], how)[0]
+
+
+def train_image_refiner(config, workdir: str, data: dict, n: int = 50,
+                        normalise: str = 'minmax'):
+  """The paper's refiner at image resolution on the first n pairs of a load_pairs dict, each
+  through its true alignment (pairs known to be aligned): MRI image (source) beside the DXA
+  image warped onto it. -> (refine_fn on images in pixels, info dict)."""
+  n = min(n, len(data['dxa']))
+  if n < 2:
+    raise ValueError(f'the image refiner needs at least 2 aligned pairs, got {n}')
+  mri = pairs.normalise(np.asarray(data['mri'][:n], np.float32), normalise)
+  dxa = pairs.normalise(np.asarray(data['dxa'][:n], np.float32), normalise)
+  center = register.map_center(mri.shape[1:])
+  params = np.stack([refine.to_params(truth_transform(m), center)
+                     for m in data['matrix_mri_to_dxa'][:n]])
+  model, variables = refine.train(config, workdir, mri, dxa, params)
+  info = dict(input='image', pairs=int(n), aligned_by='truth', steps=int(config.steps),
+              perturb=config.perturb.to_dict())
+  return refine.make_refine_fn(model, variables, config), info
+
+
 def train_refiner(config, workdir: str, mri_maps, dxa_maps, pairs: int = 50,
                   min_inliers: int = 10, salient_kw=None):
   """Refinement regressor on the first `pairs` training pairs the salient method (with

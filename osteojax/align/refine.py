@@ -74,15 +74,16 @@ def local_correlation(a, b, radius: int):
   return jnp.stack(out, -1)
 
 
-def make_input(src, tgt, params, corr_radius: int = 0):
+def make_input(src, tgt, params, corr_radius: int = 0, unit: bool = True):
   """[h, w, C], [H, W, C], [3] -> network input [h, w, 2C + 1 (+ (2r + 1)^2)].
 
   The source (zero where the warped target is undefined), the target resampled on the source
   grid through `params`, the validity mask, and with corr_radius r > 0 the local correlation
-  volume of the two (`local_correlation`).
+  volume of the two (`local_correlation`). unit: feature maps (unit vectors after
+  resampling); False for images (the paper's refiner: warped DXA image beside the MRI image).
   """
   center = jnp.array(register.map_center(src.shape), jnp.float32)
-  warped, valid = register.warp(tgt, params, center, src.shape[:2])
+  warped, valid = register.warp(tgt, params, center, src.shape[:2], unit)
   s = src * valid[..., None]
   parts = [s, warped, valid[..., None]]
   if corr_radius:
@@ -118,12 +119,14 @@ def make_loss_fn(config, model):
   its range; metrics: the mean error in cells at the source centre and in degrees."""
   c = config.perturb
   r = config.model.corr_radius
+  unit = config.model.get('unit_vectors', True)
 
   def loss_fn(params, batch_stats, batch, rng, step):
     b = batch['src'].shape[0]
     pert = jax.vmap(lambda k: sample_perturbation(k, c))(lib.example_keys(rng, b))
     start = jax.vmap(lambda a, p: compose(a, inverse(p)))(batch['params'], pert)
-    x = jax.vmap(lambda a, b, p: make_input(a, b, p, r))(batch['src'], batch['tgt'], start)
+    x = jax.vmap(lambda a, b, p: make_input(a, b, p, r, unit))(batch['src'], batch['tgt'],
+                                                               start)
     pred, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x,
                                  train=True, mutable=['batch_stats'])
     sc = scales(c)
@@ -197,10 +200,11 @@ def make_refine_fn(model, variables, config):
   """Jitted (src [h, w, C], tgt [H, W, C], params [3]) -> corrected params [3]."""
   sc = scales(config.perturb)
   r = config.model.corr_radius
+  unit = config.model.get('unit_vectors', True)
 
   @jax.jit
   def f(src, tgt, params):
-    x = make_input(src, tgt, params, r)[None]
+    x = make_input(src, tgt, params, r, unit)[None]
     delta = model.apply(variables, x, train=False)[0] * sc
     return compose(params, delta)
 

@@ -106,10 +106,11 @@ def rotate_map(m, angle, center):
   return _unit(out) * valid[..., None], valid
 
 
-def warp(tgt, params, center, out_hw):
+def warp(tgt, params, center, out_hw, unit: bool = True):
   """The target resampled on the source grid through T: out(u) = tgt(T(u)). -> (out, valid).
 
   T = params (angle, tx, ty) about `center` (map units, source frame). tgt: [H, W, C].
+  unit: re-normalise the interpolated vectors (feature maps); False for images.
   """
   cos, sin = jnp.cos(params[0]), jnp.sin(params[0])
   r = jnp.array([[cos, -sin], [sin, cos]])
@@ -117,7 +118,7 @@ def warp(tgt, params, center, out_hw):
   xy = (_grid(*out_hw) - c) @ r.T + c + params[1:3]
   out, wsum = _bilinear(tgt, xy)
   valid = jnp.where(wsum > 0.5, 1.0, 0.0)
-  return _unit(out) * valid[..., None], valid
+  return (_unit(out) if unit else out) * valid[..., None], valid
 
 
 # -------------------------------------------------------------------------------- dense

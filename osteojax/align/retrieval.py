@@ -18,7 +18,7 @@ from sklearn import metrics as skm  # noqa: E402
 
 from osteojax.align import bodysim_registration as br  # noqa: E402
 from osteojax.align import encoders, pairs  # noqa: E402
-from osteojax.data import bodysim, io  # noqa: E402
+from osteojax.data import io  # noqa: E402
 from osteojax.evaluate import metrics  # noqa: E402
 
 

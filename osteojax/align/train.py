@@ -18,7 +18,6 @@ import optax
 from jax import lax
 
 from osteojax.align import correlation, encoders, pairs
-from osteojax.data import bodysim
 from osteojax.data.io import OsteoDataError
 from osteojax.evaluate import metrics
 from osteojax.objectives import contrastive
