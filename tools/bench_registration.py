@@ -126,9 +126,18 @@ def bench_bodysim(args, scale):
 
   if args.aligner:
     model, variables, acfg, step = encoders.load_encoders(args.aligner)
+    trained_scale = int(acfg.data.scale)
+    if int(acfg.data.scale) != int(scale):
+      # the encoder as 'auto' scales it for this spacing (poolings hold no weights, so the
+      # trained weights apply): at the paper's 2.2 mm, three poolings and its map sizes
+      acfg = acfg.copy_and_resolve_references()
+      acfg.data.scale, acfg.model.pools = int(scale), 'auto'
+      model = encoders.build_model(acfg)
   else:
     import align as align_config
     acfg, step = align_config.get_config(), 0
+    trained_scale = 0
+    acfg.data.scale = int(scale)        # 'auto' poolings for this spacing
     model = encoders.build_model(acfg)
     g = bodysim.geometry(scale)
     st = align_train.init_state(acfg, model, tuple(g['dxa_shape']) + (2,),
@@ -173,7 +182,7 @@ def bench_bodysim(args, scale):
               spacing_mm=spacing, dxa_image=list(dxa.shape[1:3]), mri_image=list(mri.shape[1:3]),
               dxa_map=list(fds[0].shape), mri_map=list(fms[0].shape),
               encoder=dict(aligner=args.aligner or 'untrained CPU-default architecture',
-                           step=int(step), trained_scale=int(acfg.data.scale),
+                           step=int(step), trained_scale=trained_scale, pools=encoders.pools(acfg),
                            widths=list(acfg.model.widths)),
               results=res)
 

@@ -50,7 +50,6 @@ from osteojax.align import segment  # noqa: E402
 from osteojax.align import bodysim_registration as br  # noqa: E402
 from osteojax.align import registration_eval  # noqa: E402
 from osteojax.align import encoders, pairs  # noqa: E402
-from osteojax.data import bodysim  # noqa: E402
 from osteojax.data import io  # noqa: E402
 from osteojax.data.io import OsteoDataError, run_cli  # noqa: E402
 
@@ -58,8 +57,13 @@ GENERATED = ('generated BodySim pairs (osteojax/data/bodysim.py), not real scans
 EXCLUDED_FROM_BEST = ('identity', 'floor')
 
 
-def _load(ddir, split, limit):
-  return bodysim.load_pairs(ddir, split, limit)
+def _load(acfg, split, limit, data_dir):
+  data = pairs.load(acfg, split, limit, data_dir)
+  try:
+    br.truths(data)
+  except ValueError as e:
+    raise OsteoDataError(acfg.data.get('manifest') or data_dir, str(e)) from None
+  return data
 
 
 def _dice_markdown(results: dict) -> str:
@@ -100,6 +104,8 @@ def main(argv=None):
   ap.add_argument('--unet-seeds', nargs='+', default=['0'],
                   help="U-Net seeds, or 'none' to skip the Dice table")
   ap.add_argument('--overlay-pairs', type=int, default=3)
+  ap.add_argument('--data', default=None,
+                  help="a BodySim folder instead of the aligner's own data (BodySim or manifest)")
   ap.add_argument('--bench-pairs', type=int, default=10,
                   help='timed pairs per scale for bench_registration.json (0: skip)')
   args = ap.parse_args(argv)
@@ -108,13 +114,15 @@ def main(argv=None):
   if acfg.model.encoder != 'spatial':
     raise OsteoDataError(args.aligner, f'registration needs spatial maps; this aligner is '
                                        f'{acfg.model.encoder!r}')
-  ddir = pairs.ensure_data(acfg, progress=False)
+  ddir = args.data or pairs.ensure_data(acfg, progress=False)
+  manifest = bool(acfg.data.get('manifest')) and not args.data
   os.makedirs(args.out, exist_ok=True)
   for sub in ('refiner', 'unet'):     # runs of an earlier call would be resumed, not redone
     shutil.rmtree(os.path.join(args.out, sub), ignore_errors=True)
   n_train = max(args.unet_train, 2 * args.refine_pairs, args.mi_pairs)
-  train = _load(ddir, 'train', n_train)
-  test = _load(ddir, 'test', args.test_pairs)
+  train = _load(acfg, 'train', n_train, args.data)
+  test = _load(acfg, 'test', args.test_pairs, args.data)
+  source = f'the pairs of {ddir}' if manifest else GENERATED
   spacing = train['spacing_mm']
   print(f'[registration] aligner {args.aligner} step {step}; {len(train["dxa"])} training, '
         f'{len(test["dxa"])} test pairs from {ddir}', flush=True)
@@ -165,7 +173,7 @@ def main(argv=None):
   rows = registration_eval.keypoint_table(errors, seconds)
   test_failures = dict(failures)
   table = dict(
-      data=GENERATED, data_dir=ddir, split='test', pairs=len(te_pairs), spacing_mm=spacing,
+      data=source, data_dir=ddir, split='test', pairs=len(te_pairs), spacing_mm=spacing,
       aligner=dict(workdir=args.aligner, step=int(step), config=acfg.to_dict()),
       encode_seconds_per_pair=encode_s, refiner=refine_info, aligner_placement=placement,
       mi_channels=dict(mri=mi_channels[0], dxa=mi_channels[1], training_mean_cm=mi_scores),
@@ -178,7 +186,7 @@ def main(argv=None):
   io.atomic_write_text(os.path.join(args.out, 'table1.json'), json.dumps(table, indent=1))
   io.atomic_write_text(
       os.path.join(args.out, 'table1.md'),
-      f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {GENERATED}; '
+      f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {source}; '
       f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
       f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
       + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement) + '\n')
@@ -188,6 +196,9 @@ def main(argv=None):
   print(md, flush=True)
 
   # 4. annotation transfer
+  if args.unet_seeds != ['none'] and not (train['mri_mask'].any() and test['mri_mask'].any()):
+    raise OsteoDataError(ddir, 'the Dice table needs dxa_mask and mri_mask for the training and '
+                               'test subjects; pass --unet-seeds none to skip it')
   if args.unet_seeds != ['none']:
     n_u = args.unet_train
     u_pairs = tr_pairs[:n_u]
@@ -221,7 +232,7 @@ def main(argv=None):
         results[name][seed] = res
     mask_dice = {k: segment.dice_table(m, train['mri_mask'][:n_u], 4)
                  for k, m in masks.items()}
-    dice = dict(data=GENERATED, train_subjects=n_u, test_subjects=len(test_seg.images),
+    dice = dict(data=source, train_subjects=n_u, test_subjects=len(test_seg.images),
                 best_method=best, training_subject_mean_error_cm=means,
                 transferred_mask_dice_vs_true_training_masks=mask_dice,
                 unet_config=unet_config.get_config().to_dict(), results=results)
@@ -230,7 +241,7 @@ def main(argv=None):
     io.atomic_write_text(
         os.path.join(args.out, 'dice.md'),
         f'U-Net Dice (mean ± sd over {len(test_seg.images)} test MRIs, true MRI masks) '
-        f'of {GENERATED}; trained on {n_u} training MRIs with the masks named; '
+        f'of {source}; trained on {n_u} training MRIs with the masks named; '
         f'transfer method {best} (lowest mean keypoint error on the training subjects, '
         f'{means[best]:.2f} cm).\n\n' + dmd + '\n')
     print(dmd, flush=True)

@@ -41,6 +41,19 @@ def truth_transform(matrix_mri_to_dxa) -> Rigid2D:
   return Rigid2D.from_matrix(swap @ m[:, :2] @ swap, swap @ m[:, 2])
 
 
+def truths(data: dict) -> list:
+  """The MRI -> DXA transform (Rigid2D, pixels) of every pair of a load_pairs dict: BodySim's
+  truth, or for pairs without one (a manifest) the least-squares rigid fit of the annotated
+  keypoints. ValueError when neither is there."""
+  if 'matrix_mri_to_dxa' in data:
+    return [truth_transform(m) for m in data['matrix_mri_to_dxa']]
+  kd, km = np.asarray(data['keypoints_dxa'], float), np.asarray(data['keypoints_mri'], float)
+  if not (np.isfinite(kd).all() and np.isfinite(km).all()):
+    raise ValueError('these pairs have no alignment truth and not every pair has keypoints '
+                     '(dxa_keypoints / mri_keypoints in the manifest)')
+  return [register.keypoint_floor(xy(a)[KP_ORDER], xy(b)[KP_ORDER]) for a, b in zip(km, kd)]
+
+
 def embed_pairs(model, variables, config, data: dict, batch_size: int = 32):
   """Encoder maps of a load_pairs dict with the aligner's channels: (dxa maps, mri maps)."""
   dxa, mri = pairs.select_channels(data, config)
@@ -49,8 +62,8 @@ def embed_pairs(model, variables, config, data: dict, batch_size: int = 32):
 
 def make_pairs(data: dict, dxa_maps=None, mri_maps=None) -> list:
   """RegistrationPairs (MRI source, DXA target) of a load_pairs dict; extra = dict(index,
-  truth (Rigid2D, pixels), id)."""
-  pairs = []
+  truth (Rigid2D, pixels: `truths`), id)."""
+  pairs, ts = [], truths(data)
   for i in range(len(data['dxa'])):
     pairs.append(registration_eval.RegistrationPair(
         src_kp=xy(data['keypoints_mri'][i])[KP_ORDER],
@@ -59,7 +72,7 @@ def make_pairs(data: dict, dxa_maps=None, mri_maps=None) -> list:
         tgt_map=None if dxa_maps is None else dxa_maps[i],
         src_image=data['mri'][i], tgt_image=data['dxa'][i],
         extra=dict(index=i, id=data['ids'][i],
-                   truth=truth_transform(data['matrix_mri_to_dxa'][i]))))
+                   truth=ts[i])))
   return pairs
 
 
@@ -161,18 +174,19 @@ def _norm(image, how: str):
 def train_image_refiner(config, workdir: str, data: dict, n: int = 50,
                         normalise: str = 'minmax'):
   """The paper's refiner at image resolution on the first n pairs of a load_pairs dict, each
-  through its true alignment (pairs known to be aligned): MRI image (source) beside the DXA
-  image warped onto it. -> (refine_fn on images in pixels, info dict)."""
+  through its known alignment (`truths`: BodySim's truth, or the rigid fit of annotated
+  keypoints): MRI image (source) beside the DXA image warped onto it. -> (refine_fn on images
+  in pixels, info dict)."""
   n = min(n, len(data['dxa']))
   if n < 2:
     raise ValueError(f'the image refiner needs at least 2 aligned pairs, got {n}')
   mri = pairs.normalise(np.asarray(data['mri'][:n], np.float32), normalise)
   dxa = pairs.normalise(np.asarray(data['dxa'][:n], np.float32), normalise)
   center = register.map_center(mri.shape[1:])
-  params = np.stack([refine.to_params(truth_transform(m), center)
-                     for m in data['matrix_mri_to_dxa'][:n]])
+  params = np.stack([refine.to_params(t, center) for t in truths(data)[:n]])
   model, variables = refine.train(config, workdir, mri, dxa, params)
-  info = dict(input='image', pairs=int(n), aligned_by='truth', steps=int(config.steps),
+  info = dict(input='image', pairs=int(n), steps=int(config.steps),
+              aligned_by='truth' if 'matrix_mri_to_dxa' in data else 'keypoint fit',
               perturb=config.perturb.to_dict())
   return refine.make_refine_fn(model, variables, config), info
 

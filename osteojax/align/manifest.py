@@ -108,8 +108,11 @@ def read_image(path: str) -> sitk.Image:
 
 
 def resample(img: sitk.Image, spacing: float, labels: bool = False) -> sitk.Image:
-  """img on an isotropic `spacing` grid over the same physical extent (axes kept)."""
+  """img on an isotropic `spacing` grid over the same physical extent (axes kept); a scan
+  already on that spacing is only cast (no interpolation)."""
   old_sp = np.asarray(img.GetSpacing(), float)
+  if np.allclose(old_sp, spacing, rtol=1e-6, atol=0):
+    return sitk.Cast(img, sitk.sitkUInt8 if labels else sitk.sitkFloat32)
   size = [max(int(round(n * s / spacing)), 1) for n, s in zip(img.GetSize(), old_sp)]
   d = np.asarray(img.GetDirection(), float).reshape(2, 2)
   origin = np.asarray(img.GetOrigin(), float) + d @ ((spacing - old_sp) / 2)
