@@ -186,7 +186,7 @@ def test_bad_manifests_one_line(bodysim_and_manifest, tmp_path):
   def broken(d):
     d.loc[0, 'dxa_tissue'] = 'broken.nii.gz'
     return d
-  assert 'cannot be read' in err(_rewrite(path, tmp_path, broken))
+  assert 'cannot read image' in err(_rewrite(path, tmp_path, broken))
   sitk.WriteImage(sitk.Image(10, 10, sitk.sitkUInt8), os.path.join(base, 'scan.png'))
   def png(d):
     d.loc[0, 'mri_fat'] = 'scan.png'

@@ -60,7 +60,7 @@ EXCLUDED_FROM_BEST = ('identity', 'floor')
 def _load(acfg, split, limit, data_dir):
   data = pairs.load(acfg, split, limit, data_dir)
   try:
-    br.truths(data)
+    br.known_alignments(data)
   except ValueError as e:
     raise OsteoDataError(acfg.data.get('manifest') or data_dir, str(e)) from None
   return data

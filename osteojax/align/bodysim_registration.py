@@ -41,7 +41,7 @@ def truth_transform(matrix_mri_to_dxa) -> Rigid2D:
   return Rigid2D.from_matrix(swap @ m[:, :2] @ swap, swap @ m[:, 2])
 
 
-def truths(data: dict) -> list:
+def known_alignments(data: dict) -> list:
   """The MRI -> DXA transform (Rigid2D, pixels) of every pair of a load_pairs dict: BodySim's
   truth, or for pairs without one (a manifest) the least-squares rigid fit of the annotated
   keypoints. ValueError when neither is there."""
@@ -62,8 +62,8 @@ def embed_pairs(model, variables, config, data: dict, batch_size: int = 32):
 
 def make_pairs(data: dict, dxa_maps=None, mri_maps=None) -> list:
   """RegistrationPairs (MRI source, DXA target) of a load_pairs dict; extra = dict(index,
-  truth (Rigid2D, pixels: `truths`), id)."""
-  pairs, ts = [], truths(data)
+  truth (Rigid2D, pixels: `known_alignments`), id)."""
+  pairs, ts = [], known_alignments(data)
   for i in range(len(data['dxa'])):
     pairs.append(registration_eval.RegistrationPair(
         src_kp=xy(data['keypoints_mri'][i])[KP_ORDER],
@@ -174,7 +174,7 @@ def _norm(image, how: str):
 def train_image_refiner(config, workdir: str, data: dict, n: int = 50,
                         normalise: str = 'minmax'):
   """The paper's refiner at image resolution on the first n pairs of a load_pairs dict, each
-  through its known alignment (`truths`: BodySim's truth, or the rigid fit of annotated
+  through its known alignment (`known_alignments`: BodySim's truth, or the rigid fit of annotated
   keypoints): MRI image (source) beside the DXA image warped onto it. -> (refine_fn on images
   in pixels, info dict)."""
   n = min(n, len(data['dxa']))
@@ -183,7 +183,7 @@ def train_image_refiner(config, workdir: str, data: dict, n: int = 50,
   mri = pairs.normalise(np.asarray(data['mri'][:n], np.float32), normalise)
   dxa = pairs.normalise(np.asarray(data['dxa'][:n], np.float32), normalise)
   center = register.map_center(mri.shape[1:])
-  params = np.stack([refine.to_params(t, center) for t in truths(data)[:n]])
+  params = np.stack([refine.to_params(t, center) for t in known_alignments(data)[:n]])
   model, variables = refine.train(config, workdir, mri, dxa, params)
   info = dict(input='image', pairs=int(n), steps=int(config.steps),
               aligned_by='truth' if 'matrix_mri_to_dxa' in data else 'keypoint fit',

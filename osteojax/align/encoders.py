@@ -1,6 +1,7 @@
 """The aligner's encoders: build from a config, load a trained run, embed scans, similarities."""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -46,13 +47,20 @@ def build_model(config) -> spatial.Aligner:
                          pools=pools(config))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(model, variables, x, method: str):
+  # one compiled function per model, method and shape, the weights an argument: evaluating
+  # during training or on every pair of a table does not compile again
+  return model.apply(variables, x, method=getattr(model, method))
+
+
 def embed(model, variables, dxa, mri, batch_size: int = 32):
   """Unit-norm maps of all scans (eval mode): numpy [N, H', W', D], [N, h', w', D]."""
-  fd = jax.jit(lambda x: model.apply(variables, x, method=model.embed_dxa))
-  fm = jax.jit(lambda x: model.apply(variables, x, method=model.embed_mri))
-  out_d = [np.asarray(fd(dxa[i:i + batch_size])) for i in range(0, len(dxa), batch_size)]
-  out_m = [np.asarray(fm(mri[i:i + batch_size])) for i in range(0, len(mri), batch_size)]
-  return np.concatenate(out_d), np.concatenate(out_m)
+  out = []
+  for x, method in ((dxa, 'embed_dxa'), (mri, 'embed_mri')):
+    out.append(np.concatenate([np.asarray(_apply(model, variables, x[i:i + batch_size], method))
+                               for i in range(0, len(x), batch_size)]))
+  return out[0], out[1]
 
 
 def similarity_all(dxa_maps, mri_maps, chunk: int = 64) -> np.ndarray:

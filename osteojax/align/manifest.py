@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from osteojax.data import bodysim
+from osteojax.data import bodysim, io
 from osteojax.data.io import OsteoDataError
 
 SPLITS = ('train', 'val', 'test')
@@ -68,31 +68,22 @@ def read_manifest(path: str, dxa_channels, mri_channels) -> pd.DataFrame:
   return df
 
 
-def read_image(path: str) -> sitk.Image:
-  """A 2-D image (a single-slice 3-D one is squeezed); a folder is read as a DICOM series."""
-  if not os.path.exists(path):
-    raise OsteoDataError(path, 'no such file or folder')
+def _patient_id(path: str) -> str:
+  """The DICOM PatientID of a file, or of the first file of a series folder ('' if none)."""
+  reader = sitk.ImageFileReader()
+  reader.SetFileName(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path)[0]
+                     if os.path.isdir(path) else path)
+  reader.ReadImageInformation()
+  return reader.GetMetaData(PATIENT_ID).strip() if reader.HasMetaDataKey(PATIENT_ID) else ''
+
+
+def read_image(path: str) -> tuple[sitk.Image, str]:
+  """(a 2-D image, its DICOM PatientID or ''), read by osteojax.data.io.read_file (a folder is
+  a DICOM series); a single-slice 3-D image is squeezed."""
   if os.path.splitext(path)[1].lower() in NO_SPACING:
     raise OsteoDataError(path, 'this format stores no pixel spacing; convert to NIfTI, NRRD '
                                'or DICOM with the spacing set')
-  try:
-    if os.path.isdir(path):
-      files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path)
-      if not files:
-        raise OsteoDataError(path, 'a folder without a DICOM series')
-      reader = sitk.ImageSeriesReader()
-      reader.SetFileNames(files)
-      reader.MetaDataDictionaryArrayUpdateOn()
-      img = reader.Execute()
-      pid = reader.GetMetaData(0, PATIENT_ID) if reader.HasMetaDataKey(0, PATIENT_ID) else ''
-    else:
-      img = sitk.ReadImage(path)
-      pid = img.GetMetaData(PATIENT_ID) if img.HasMetaDataKey(PATIENT_ID) else ''
-  except OsteoDataError:
-    raise
-  except RuntimeError as e:
-    msg = str(e).strip().splitlines()
-    raise OsteoDataError(path, f'cannot be read ({msg[-1] if msg else "unknown error"})') from None
+  img = io.read_file(path)
   if img.GetDimension() == 3 and img.GetSize()[2] == 1:
     img = img[:, :, 0]
   if img.GetDimension() != 2:
@@ -103,8 +94,7 @@ def read_image(path: str) -> sitk.Image:
   sp = np.asarray(img.GetSpacing(), float)
   if not (np.all(np.isfinite(sp)) and np.all(sp > 0)):
     raise OsteoDataError(path, f'pixel spacing {tuple(sp)} is absent or invalid')
-  img.SetMetaData(PATIENT_ID, pid.strip())
-  return img
+  return img, _patient_id(path)
 
 
 def resample(img: sitk.Image, spacing: float, labels: bool = False) -> sitk.Image:
@@ -151,10 +141,11 @@ def _keypoints(path: str, grid: sitk.Image, offset) -> np.ndarray:
   return np.stack([idx[:, 1] + offset[0], idx[:, 0] + offset[1]], axis=1)
 
 
-def _scan(row, modality: str, channels, spacing: float, canvas, base: str, manifest: str):
+def _scan(row, modality: str, channels, spacing: float, canvas, base: str):
   """One scan's channels [Hc, Wc, C], its mask, keypoints and PatientID."""
   path = lambda col: os.path.join(base, row[col].strip())
-  imgs = [read_image(path(f'{modality}_{c}')) for c in channels]
+  read = [read_image(path(f'{modality}_{c}')) for c in channels]
+  imgs = [img for img, _ in read]
   ref = imgs[0]
   for c, im in zip(channels[1:], imgs[1:]):
     if (im.GetSize() != ref.GetSize() or not np.allclose(im.GetSpacing(), ref.GetSpacing())
@@ -168,7 +159,7 @@ def _scan(row, modality: str, channels, spacing: float, canvas, base: str, manif
   arr, offset = place(arr, canvas)
   mask = np.zeros(tuple(canvas), np.uint8)
   if row.get(f'{modality}_mask', '').strip():
-    m = read_image(path(f'{modality}_mask'))
+    m, _ = read_image(path(f'{modality}_mask'))
     if m.GetSize() != ref.GetSize():
       raise OsteoDataError(path(f'{modality}_mask'), f'size {m.GetSize()} differs from its '
                            f'scan\'s {ref.GetSize()}')
@@ -176,7 +167,7 @@ def _scan(row, modality: str, channels, spacing: float, canvas, base: str, manif
   kp = np.full((len(bodysim.KEYPOINTS), 2), np.nan)
   if row.get(f'{modality}_keypoints', '').strip():
     kp = _keypoints(path(f'{modality}_keypoints'), grids[0], offset)
-  return arr, mask, kp, ref.GetMetaData(PATIENT_ID)
+  return arr, mask, kp, read[0][1]
 
 
 def load(path: str, split: str, dxa_channels, mri_channels, spacing_mm: float, dxa_canvas,
@@ -195,8 +186,8 @@ def load(path: str, split: str, dxa_channels, mri_channels, spacing_mm: float, d
   out = {k: [] for k in ('dxa', 'mri', 'dxa_mask', 'mri_mask', 'keypoints_dxa',
                          'keypoints_mri')}
   for _, row in rows.iterrows():
-    d, dm, dk, dp = _scan(row, 'dxa', dxa_channels, spacing_mm, dxa_canvas, base, path)
-    m, mm, mk, mp = _scan(row, 'mri', mri_channels, spacing_mm, mri_canvas, base, path)
+    d, dm, dk, dp = _scan(row, 'dxa', dxa_channels, spacing_mm, dxa_canvas, base)
+    m, mm, mk, mp = _scan(row, 'mri', mri_channels, spacing_mm, mri_canvas, base)
     if dp and mp and dp != mp:
       raise OsteoDataError(path, f'subject {row.subject!r}: the DXA is of patient {dp!r} but '
                                  f'the MRI of patient {mp!r}')

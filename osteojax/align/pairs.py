@@ -48,6 +48,16 @@ def load(config, split: str, limit: int | None = None, data_dir: str | None = No
   return bodysim.load_pairs(data_dir or ensure_data(config, progress=False), split, limit)
 
 
+def has_split(config, split: str) -> bool:
+  """Whether the config's pairs hold any pair of `split`."""
+  if config.data.get('manifest'):
+    from osteojax.align import manifest
+    df = manifest.read_manifest(config.data.manifest, config.model.dxa_channels,
+                                config.model.mri_channels)
+    return bool((df.split == split).any())
+  return bodysim.split_size(ensure_data(config, progress=False), split) > 0
+
+
 NORMALISE = ('minmax', 'none')
 
 

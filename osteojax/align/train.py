@@ -18,7 +18,6 @@ import optax
 from jax import lax
 
 from osteojax.align import correlation, encoders, pairs
-from osteojax.data.io import OsteoDataError
 from osteojax.evaluate import metrics
 from osteojax.objectives import contrastive
 from osteojax.train import lib
@@ -108,16 +107,12 @@ def make_loss_fn(config, model):
 
 
 # ------------------------------------------------------------------------------------ task
-def validation_fn(config, model, ddir: str):
+def validation_fn(config, model):
   """eval_fn(state) for lib.fit: retrieval on the validation pairs; score = -mean rank.
   None when the data set has no validation pairs."""
-  try:
-    val = pairs.load(config, 'val', data_dir=None if config.data.get('manifest') else ddir)
-  except OsteoDataError as e:
-    if 'no split' in str(e) or 'no subjects in split' in str(e) or 'is empty' in str(e):
-      return None
-    raise
-  dxa, mri = pairs.select_channels(val, config)
+  if not pairs.has_split(config, 'val'):
+    return None
+  dxa, mri = pairs.select_channels(pairs.load(config, 'val'), config)
 
   def eval_fn(state):
     fd, fm = encoders.embed(model, {'params': state.params, 'batch_stats': state.batch_stats},
@@ -130,9 +125,8 @@ def validation_fn(config, model, ddir: str):
 def run(config, workdir: str):
   """Train on the BodySim train split, then evaluate the test split into workdir."""
   from osteojax.align import retrieval   # imports matplotlib; only needed here
-  ddir = pairs.ensure_data(config)
-  train = pairs.load(config, 'train', config.data.get('train_limit') or None,
-                     data_dir=None if config.data.get('manifest') else ddir)
+  pairs.ensure_data(config)
+  train = pairs.load(config, 'train', config.data.get('train_limit') or None)
   dxa, mri = pairs.select_channels(train, config)
   pairs.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
   n = len(dxa)
@@ -157,13 +151,12 @@ def run(config, workdir: str):
     return {'dxa': dxa[idx], 'mri': mri[idx]}
 
   lr_fn = None if config.optim.decay == 'constant' else lib.make_schedule(config.optim, total)
-  eval_fn = validation_fn(config, model, ddir) if config.get('eval_every') else None
+  eval_fn = validation_fn(config, model) if config.get('eval_every') else None
   state = lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
                   make_batch=make_batch, total_steps=total, seed=config.seed,
                   batch_size=config.batch_size, log_every=config.log_every,
                   ckpt_every=config.ckpt_every, lr_fn=lr_fn, name='align',
                   eval_fn=eval_fn, eval_every=config.get('eval_every') or 0)
   if config.eval_split:
-    retrieval.evaluate_run(workdir, config.eval_split,
-                           data_dir=None if config.data.get('manifest') else ddir)
+    retrieval.evaluate_run(workdir, config.eval_split)
   return state

@@ -487,6 +487,16 @@ def is_current(out_dir, scale, seed, sizes) -> bool:
     return False
 
 
+def split_size(data_dir: str, split: str) -> int:
+  """Subjects in `split` of a BodySim folder, from its marker (0 for a split it lacks)."""
+  path = os.path.join(data_dir, MARKER)
+  if not os.path.exists(path):
+    raise OsteoDataError(data_dir, f'not a BodySim data set (no {MARKER}); make one with '
+                                   f'tools/make_bodysim.py')
+  with open(path, encoding='utf-8') as f:
+    return int(json.load(f).get('splits', {}).get(split, 0))
+
+
 def generate(out_dir: str, scale: int = 4, seed: int = 0, sizes: dict | None = None,
              workers: int = 0, progress: bool = True) -> str:
   """Write a BodySim data set to out_dir atomically (staged folder renamed at the end)."""

@@ -206,41 +206,37 @@ class Checkpoints:
   def steps(self) -> list:
     return sorted(self.mngr.all_steps())
 
+  def _restore(self, step, args):
+    """(restored, step) of `step`, or of the newest readable checkpoint (None, 0 when none).
+
+    A truncated or corrupt checkpoint is reported and the previous one tried; an explicit step
+    that is absent raises FileNotFoundError, one that is unreadable its own error."""
+    if step is not None:
+      if step not in self.mngr.all_steps():
+        raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory}')
+      return self.mngr.restore(step, args=args), step
+    for s in sorted(self.mngr.all_steps(), reverse=True):
+      try:
+        return self.mngr.restore(s, args=args), s
+      except Exception as e:  # a truncated or corrupt checkpoint: say so, use the previous
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
+                        s, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+    return None, 0
+
   def restore(self, state, step: int | None = None):
     """(state, step) of the newest readable checkpoint, or (state, 0) when there is none.
 
     step: that checkpoint only (FileNotFoundError when it is not there or unreadable)."""
-    if step is not None:
-      if step not in self.mngr.all_steps():
-        raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory}')
-      return self.mngr.restore(step, args=ocp.args.StandardRestore(state)), step
-    for step in sorted(self.mngr.all_steps(), reverse=True):
-      try:
-        restored = self.mngr.restore(step, args=ocp.args.StandardRestore(state))
-      except Exception as e:  # a truncated or corrupt checkpoint: say so, use the previous
-        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
-                        step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-        continue
-      return restored, step
-    return state, 0
+    restored, got = self._restore(step, ocp.args.StandardRestore(state))
+    return (restored, got) if got else (state, 0)
 
   def restore_variables(self, step: int | None = None):
     """({'params', 'batch_stats'} as numpy trees, step) of the newest readable checkpoint (or
     `step`), read without a template: no model or optimiser needed. (None, 0) when none."""
-    steps = [step] if step is not None else sorted(self.mngr.all_steps(), reverse=True)
-    for s in steps:
-      if s not in self.mngr.all_steps():
-        raise FileNotFoundError(f'no checkpoint of step {s} in {self.directory}')
-      try:
-        tree = self.mngr.restore(s, args=ocp.args.StandardRestore())
-      except Exception as e:  # as in restore: say so, use the previous one
-        if step is not None:
-          raise
-        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
-                        s, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-        continue
-      return {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}, s
-    return None, 0
+    tree, got = self._restore(step, ocp.args.StandardRestore())
+    if not got:
+      return None, 0
+    return {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}, got
 
   def save(self, step: int, state, force: bool = False):
     if force or step % self.every == 0:

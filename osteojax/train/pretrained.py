@@ -40,13 +40,13 @@ def load_variables(workdir: str, step: int | None = None, use_best: bool = False
   ck = lib.Checkpoints(folder)
   try:
     variables, got = ck.restore_variables(step)
+    if not got:
+      raise OsteoDataError(folder, 'no readable checkpoint in checkpoints/' if ck.steps()
+                           else 'no checkpoint in checkpoints/')
   except FileNotFoundError as e:
     raise OsteoDataError(folder, str(e)) from None
   finally:
     ck.close()
-  if not got:
-    raise OsteoDataError(folder, 'no checkpoint in checkpoints/' if variables is None and not
-                         os.listdir(ck.directory) else 'no readable checkpoint in checkpoints/')
   return variables, got
 
 
