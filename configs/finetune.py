@@ -12,7 +12,7 @@ The model is evaluated on the validation split every epoch (vertebra AUC, all si
 the best epoch's checkpoint makes the predictions. The default is sized for a 2-core CPU and
 the default OsteoSim data (slim encoder, 32^3, 1,000 labeled training vertebrae, 8 epochs);
 its intensity augmentation ('scanner') and class weighting ('balanced') were chosen on the
-validation split, never on test (tools/recipe_choices.py; README, "Recipe choices"); lr 1e-3
+validation split, never on test (tools/recipe_choices.py; docs/diagnosis.md, "Recipe choices"); lr 1e-3
 is the first build's choice on validation. `:paper` gives the paper's values (ResNet34-3D,
 batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of 400 epochs) on the full-size data.
 `:tiny` is for tests.

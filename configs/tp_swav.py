@@ -11,7 +11,7 @@ Where the paper is silent we follow SwAV (facebookresearch/swav): epsilon 0.05, 
 small (codes over queue + batch), no zero-initialised residual branches; we run Sinkhorn to a
 1e-4 marginal tolerance (at most 50 iterations) instead of SwAV's 3 iterations. The warm-up is
 the paper's third of the schedule. The CPU budget (2 epochs, 94 steps) was chosen from the
-linear-probe learning curve on the validation folds (README, "Recipe choices";
+linear-probe learning curve on the validation folds (docs/diagnosis.md, "Recipe choices";
 tools/probe_curve.py): the probe AUC peaks there and falls with longer pre-training. The CPU
 learning rate, 1e-3, is the fine-tuning one (not swept: the paper's 1e-4 is for 300 epochs).
 """
@@ -44,7 +44,7 @@ def get_config(arg=None):
   c.views = 'pool'            # 'pool': TP-SwAV views; 'crops': SwAV random crops
   c.seed = 0                  # model init, batch order, augmentations (not the data)
   c.batch_size = 32           # global batch, split over devices
-  c.epochs = 2                # CPU budget: the peak of the probe learning curve (README)
+  c.epochs = 2                # CPU budget: the peak of the probe learning curve (docs/diagnosis.md)
   c.log_every = 10
   c.ckpt_every = 47           # about one epoch of the default data
   c.keep_checkpoints = 3      # newest checkpoints kept (tools/probe_curve.py keeps them all)

@@ -23,16 +23,44 @@ flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def initialize_distributed():
+  """jax.distributed.initialize for one process of several (before any other jax call).
+
+  COORDINATOR=host:port, NUM_PROCESSES, PROCESS_ID select the processes by hand (e.g.
+  launch/local_multiprocess.sh); without them TPU pods and SLURM are found from the
+  environment. On CPU the collectives across processes go through gloo. A process that does
+  not come up, or that dies, makes the others stop after DISTRIBUTED_TIMEOUT_S seconds (default
+  300) instead of waiting forever.
+  """
+  timeout = int(os.environ.get('DISTRIBUTED_TIMEOUT_S', '300'))
+  if os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or os.environ.get('COORDINATOR'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kw = dict(initialization_timeout=timeout, heartbeat_timeout_seconds=max(10, timeout // 3),
+            shutdown_timeout_seconds=timeout)
+  print(f'[distributed] process {os.environ.get("PROCESS_ID", "?")} of '
+        f'{os.environ.get("NUM_PROCESSES", "?")} meeting at '
+        f'{os.environ.get("COORDINATOR", "(from the environment)")}; a process missing for '
+        f'{timeout} s stops the others (DISTRIBUTED_TIMEOUT_S)', file=sys.stderr, flush=True)
+  if os.environ.get('COORDINATOR'):
+    jax.distributed.initialize(os.environ['COORDINATOR'], int(os.environ['NUM_PROCESSES']),
+                               int(os.environ['PROCESS_ID']), **kw)
+  else:                              # TPU pods and SLURM: found from the environment
+    jax.distributed.initialize(**kw)
+
+
 def main(argv):
   del argv
   if not FLAGS['verbosity'].present:   # orbax logs every save at INFO; --verbosity=0 shows it
     logging.set_verbosity(logging.WARNING)
   if FLAGS.multihost:
-    if os.environ.get('COORDINATOR'):
-      jax.distributed.initialize(os.environ['COORDINATOR'], int(os.environ['NUM_PROCESSES']),
-                                 int(os.environ['PROCESS_ID']))
-    else:                            # TPU pods and SLURM: found from the environment
-      jax.distributed.initialize()
+    try:
+      initialize_distributed()
+    except Exception as e:           # noqa: BLE001 - any failure to meet: one line, exit 2
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      print(f'error: jax.distributed: process {os.environ.get("PROCESS_ID", "?")} of '
+            f'{os.environ.get("NUM_PROCESSES", "?")} could not meet the other processes '
+            f'({first[:200]})', file=sys.stderr, flush=True)
+      sys.exit(2)
   try:
     tasks.run(FLAGS.config, FLAGS.workdir)
   except OsteoDataError as e:        # bad input: one line, exit status 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import jax
+
 TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
     'tp_swav': 'osteojax.diagnosis.pretrain',      # TP-SwAV pre-training (views from the texture pool)
@@ -23,6 +25,7 @@ def run(config, workdir: str):
   if config.task not in TASKS:
     raise ValueError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=1))
+  if jax.process_index() == 0:        # one writer when several processes share the workdir
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=1))
   return importlib.import_module(TASKS[config.task]).run(config, workdir)

@@ -190,6 +190,7 @@ def test_run_baselines_writes_tables(mini, tmp_path):
     assert set(back.split) == {'valid', 'test'}
   md = open(os.path.join(out, 'results.md'), encoding='utf-8').read()
   assert '| hu160 | 1 |' in md and '| oracle | 1 |' in md and '| oracle_ct_only | 1 |' in md
+  assert '| oracle_hu | 1 |' in md
   assert os.path.exists(os.path.join(out, 'roc_patient.png'))
 
 

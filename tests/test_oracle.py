@@ -83,3 +83,22 @@ def test_ct_only_oracle_between_ct_density_and_the_full_oracle(labeled_rows):
   older = rows.assign(age=rows.age + 10)
   np.testing.assert_allclose(oracle.ct_only_scores(older.iloc[:50], 'paper', patients=4000),
                              ct[:50])
+
+
+def test_density_reader_oracle_sees_only_the_mixed_hu(labeled_rows):
+  """Below the CT-only oracle (fat and bone fraction mixed into one HU), above HU alone
+  (size and level are added), and blind to how the HU splits into bone and fat."""
+  rows = labeled_rows.reset_index(drop=True)
+  hu = oracle.hu_reader_scores(rows, 'paper', patients=4000)
+  ct = oracle.ct_only_scores(rows, 'paper', patients=4000)
+  y = rows.label.astype(int).to_numpy()
+  assert metrics.auc(y, hu) < metrics.auc(y, ct)
+  assert metrics.auc(y, hu) > metrics.auc(y, -rows.hu_true.to_numpy())
+  # the same trabecular HU made of other bone and fat gives the same posterior
+  pdff = np.clip(rows.pdff + 15.0, 0.0, 100.0)
+  bvtv = cohort.bvtv_from_hu(rows.hu_true.to_numpy(), pdff.to_numpy())
+  other = rows.assign(pdff=pdff, bvtv=bvtv, vbmd=bvtv * P.BONE_TISSUE_MG)
+  np.testing.assert_allclose(oracle.hu_reader_scores(other.iloc[:50], 'paper', patients=4000),
+                             hu[:50])
+  assert not np.allclose(oracle.ct_only_scores(other.iloc[:50], 'paper', patients=4000),
+                         ct[:50])

@@ -91,6 +91,31 @@ def test_ransac_and_lmeds_survive_half_outliers(seed):
   assert t3 == t
 
 
+def test_a_rotation_prior_keeps_the_plausible_consensus():
+  """A larger consensus of wrong matches turned by 180 degrees (e.g. a symmetric body read
+  upside down) wins plain RANSAC; with max_angle 10 degrees the true 3-degree
+  transform wins, and only hypotheses within the bound are considered."""
+  rng = np.random.default_rng(0)
+  truth = Rigid2D(np.deg2rad(3.0), (4.0, -2.0), (50.0, 50.0))
+  flip = Rigid2D(np.pi, (1.0, 1.0), (50.0, 50.0))
+  a = rng.uniform(0, 100, (20, 2))
+  b = rng.uniform(0, 100, (30, 2))
+  src = np.concatenate([a, b])
+  dst = np.concatenate([truth(a), flip(b)]) + rng.normal(0, 0.1, (50, 2))
+  grid = _points(50, 9)
+  t, _ = rigid.ransac_rigid(src, dst, threshold=1.5)
+  assert t.close_to(flip, grid, 0.5)
+  t, inl = rigid.ransac_rigid(src, dst, threshold=1.5, max_angle=np.deg2rad(10))
+  assert t.close_to(truth, grid, 0.5) and inl[:20].all() and not inl[20:].any()
+  # LMedS (run on RANSAC's inliers in salient) honours the same bound
+  t, _ = rigid.lmeds_rigid(src[:20], dst[:20], max_angle=np.deg2rad(10))
+  assert t.close_to(truth, grid, 0.5)
+  for fit in (lambda: rigid.ransac_rigid(b, flip(b), threshold=1.5, max_angle=np.deg2rad(10)),
+              lambda: rigid.lmeds_rigid(b, flip(b), max_angle=np.deg2rad(10))):
+    with pytest.raises(ValueError, match='max_angle'):
+      fit()
+
+
 def test_ratio_test_is_lowes():
   rng = np.random.default_rng(0)
   tgt = rng.normal(size=(6, 8))

@@ -10,7 +10,7 @@ same seed) with osteojax/diagnosis/probe.py (5-fold CV over labeled train + vali
 patient; test is never used), with each --bn mode. Finished runs and probes are skipped (the
 results file is the cache), so an interrupted curve resumes. Writes <out>/probe_curve.json,
 <out>/probe_curve.md (a row per checkpoint) and <out>/probe_curve.png. This is how the CPU
-default budget of configs/tp_swav.py was chosen (README, "Recipe choices"). Intermediate
+default budget of configs/tp_swav.py was chosen (docs/diagnosis.md, "Recipe choices"). Intermediate
 checkpoints of one long schedule stand in for separate runs of each budget.
 """
 import argparse

@@ -49,7 +49,7 @@ import unet as unet_config  # noqa: E402
 from osteojax.align import segment  # noqa: E402
 from osteojax.align import bodysim_registration as br  # noqa: E402
 from osteojax.align import registration_eval  # noqa: E402
-from osteojax.align import encoders, pairs  # noqa: E402
+from osteojax.align import encoders, pairs, register  # noqa: E402
 from osteojax.data import io  # noqa: E402
 from osteojax.data.io import OsteoDataError, run_cli  # noqa: E402
 
@@ -88,6 +88,10 @@ def main(argv=None):
   ap.add_argument('--aligner', required=True, help='aligner run folder (config.json + ckpts)')
   ap.add_argument('--out', required=True)
   ap.add_argument('--test-pairs', type=int, default=100)
+  ap.add_argument('--salient-max-angle', type=float,
+                  default=float(np.rad2deg(max(register.DEFAULT_ANGLES))),
+                  help='degrees: RANSAC/LMedS of the salient method consider rotations up to '
+                       'this (default: the dense method\'s search range, 10); negative: any')
   ap.add_argument('--refine-pairs', type=int, default=50)
   ap.add_argument('--refine-steps', type=int, default=None, help='default: configs/refine.py')
   ap.add_argument('--refiner', choices=('image', 'maps'), default='image',
@@ -134,9 +138,10 @@ def main(argv=None):
 
   # 1. Lowe's ratio of the salient method and the MI channels, chosen on training pairs
   tr_pairs = br.make_pairs(train, fd_tr, fm_tr)
+  prior = dict(max_angle_deg=args.salient_max_angle if args.salient_max_angle >= 0 else None)
   ratio, ratio_scores = br.choose_salient_ratio(tr_pairs[:args.mi_pairs], spacing,
-                                                stride=encoders.stride(acfg))
-  salient_kw = dict(ratio=ratio)
+                                                stride=encoders.stride(acfg), **prior)
+  salient_kw = dict(ratio=ratio, **prior)
   print(f'[registration] salient ratio {ratio} (training mean cm {ratio_scores})', flush=True)
   mi_channels, mi_scores = br.choose_mi_channels(tr_pairs[:args.mi_pairs], spacing)
   print(f'[registration] MI channels {mi_channels} (training mean cm {mi_scores})', flush=True)
@@ -177,7 +182,7 @@ def main(argv=None):
       aligner=dict(workdir=args.aligner, step=int(step), config=acfg.to_dict()),
       encode_seconds_per_pair=encode_s, refiner=refine_info, aligner_placement=placement,
       mi_channels=dict(mri=mi_channels[0], dxa=mi_channels[1], training_mean_cm=mi_scores),
-      salient_ratio=dict(ratio=ratio, training_mean_cm={str(k): v for k, v in ratio_scores.items()}),
+      salient_ratio=dict(ratio=ratio, max_angle_deg=prior['max_angle_deg'], training_mean_cm={str(k): v for k, v in ratio_scores.items()}),
       failures_fell_back_to_identity=test_failures, rows=rows,
       per_pair_errors_cm={k: np.round(v, 4).tolist() for k, v in errors.items()},
       keypoints=list(registration_eval.KEYPOINTS), machine=platform.machine(), cpus=os.cpu_count(),

@@ -113,13 +113,15 @@ SALIENT_RATIOS = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 
 
 def choose_salient_ratio(pairs, spacing_mm: float, ratios=SALIENT_RATIOS,
-                         stride: int = STRIDE) -> tuple[float, dict]:
+                         stride: int = STRIDE, **salient_kw) -> tuple[float, dict]:
   """Lowe's ratio for the salient method with the lowest mean keypoint error on `pairs`
   (training pairs, never the test pairs; a failed registration counts as the identity).
 
   The best ratio depends on how distinct the aligner's cells are: a strict ratio keeps few
-  matches, a loose one many wrong ones. -> (best, {ratio: mean cm})."""
-  return choose_on_pairs({r: method_table(spacing_mm, salient_kw=dict(ratio=r), stride=stride)['salient']
+  matches, a loose one many wrong ones. salient_kw: the salient method's other arguments.
+  -> (best, {ratio: mean cm})."""
+  return choose_on_pairs({r: method_table(spacing_mm, salient_kw=dict(salient_kw, ratio=r),
+                                          stride=stride)['salient']
                           for r in ratios}, pairs, spacing_mm)
 
 

@@ -280,14 +280,16 @@ class SalientResult:
 
 def salient(src, tgt, ratio: float = 0.9, exclude_radius: float = 1.5, subcell: bool = True,
             ransac_threshold: float = 1.5, iterations: int = 1000, lmeds_iterations: int = 200,
-            seed: int = 0) -> SalientResult:
+            seed: int = 0, max_angle_deg: float | None = None) -> SalientResult:
   """Salient-point registration: ratio-test matches, RANSAC, least median of squares.
 
   ratio: Lowe's ratio on unit-vector distances (smaller keeps fewer, surer matches);
   exclude_radius (cells): the second-best target is sought beyond this distance from the best
   (0 = plain top two); subcell: target positions refined by a parabola through the
   similarities around the best cell; ransac_threshold in cells; iterations: the most RANSAC
-  hypotheses (it stops earlier at 99.9% confidence); seed makes RANSAC/LMedS reproducible.
+  hypotheses (it stops earlier at 99.9% confidence); seed makes RANSAC/LMedS reproducible;
+  max_angle_deg: RANSAC and LMedS consider only rotations up to this (None: any), the prior the
+  dense method has in its angle range.
   """
   src, tgt = check_maps(src, tgt)
   h, w, c = src.shape
@@ -298,10 +300,17 @@ def salient(src, tgt, ratio: float = 0.9, exclude_radius: float = 1.5, subcell: 
                             f'{ratio}); at least 3 are needed')
   a = np.stack([m.src_index % w, m.src_index // w], -1).astype(np.float64)
   b = m.tgt_xy
-  t, inl = rigid.ransac_rigid(a, b, ransac_threshold, iterations, seed)
+  max_angle = None if max_angle_deg is None else float(np.deg2rad(max_angle_deg))
+  try:
+    t, inl = rigid.ransac_rigid(a, b, ransac_threshold, iterations, seed, max_angle=max_angle)
+  except ValueError as e:
+    raise RegistrationError(f'RANSAC: {e}') from None
   if inl.sum() < 2:
     raise RegistrationError(f'RANSAC found {int(inl.sum())} inliers among {len(a)} matches')
-  t, keep = rigid.lmeds_rigid(a[inl], b[inl], lmeds_iterations, seed)
+  try:
+    t, keep = rigid.lmeds_rigid(a[inl], b[inl], lmeds_iterations, seed, max_angle=max_angle)
+  except ValueError as e:
+    raise RegistrationError(f'LMedS: {e}') from None
   lm = np.zeros(len(a), bool)
   lm[np.nonzero(inl)[0][keep]] = True
   return SalientResult(t.with_center(map_center(src.shape)), a, b, inl, lm)

@@ -198,8 +198,9 @@ def residuals(t: Rigid2D, src, dst) -> np.ndarray:
   return np.linalg.norm(t.apply(src) - np.asarray(dst, np.float64), axis=-1)
 
 
-def _hypotheses(src, dst, iterations, seed, min_separation):
-  """Rigid maps through `iterations` random distinct pairs: rotations [K, 2, 2], offsets [K, 2]."""
+def _hypotheses(src, dst, iterations, seed, min_separation, max_angle=None):
+  """Rigid maps through `iterations` random distinct pairs: rotations [K, 2, 2], offsets [K, 2].
+  max_angle (radians): hypotheses rotating by more are dropped (a prior on the pose)."""
   rng = np.random.default_rng(seed)
   n = len(src)
   i = rng.integers(0, n, iterations)
@@ -208,6 +209,8 @@ def _hypotheses(src, dst, iterations, seed, min_separation):
   ds, dd = src[j] - src[i], dst[j] - dst[i]
   ok = (np.linalg.norm(ds, axis=1) > min_separation) & (np.linalg.norm(dd, axis=1) > min_separation)
   ang = np.arctan2(dd[:, 1], dd[:, 0]) - np.arctan2(ds[:, 1], ds[:, 0])
+  if max_angle is not None:
+    ok &= np.abs(np.angle(np.exp(1j * ang))) <= max_angle
   c, s = np.cos(ang), np.sin(ang)
   rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
   mid_s, mid_d = (src[i] + src[j]) / 2, (dst[i] + dst[j]) / 2
@@ -237,7 +240,8 @@ def ransac_trials(inlier_fraction: float, confidence: float) -> float:
 
 def ransac_rigid(src, dst, threshold: float, iterations: int = 1000, seed: int = 0,
                  confidence: float = 0.999, refits: int = 3, chunk: int = 64,
-                 min_separation: float = 1e-6) -> tuple[Rigid2D, np.ndarray]:
+                 min_separation: float = 1e-6,
+                 max_angle: float | None = None) -> tuple[Rigid2D, np.ndarray]:
   """RANSAC rigid fit: (transform, inlier mask [N] bool).
 
   Hypotheses are exact rigid maps through two random distinct pairs, all drawn up front from a
@@ -246,13 +250,15 @@ def ransac_rigid(src, dst, threshold: float, iterations: int = 1000, seed: int =
   `confidence` at the best inlier fraction so far (at most `iterations`). The best hypothesis
   has the most pairs with residual <= threshold (ties: smaller truncated squared error); it is
   then refitted by least squares on its inliers, `refits` times, re-selecting the inliers.
+  max_angle (radians, None: any): only hypotheses rotating by at most this much are scored.
   """
   src, dst = _check_pairs(src, dst, 2)
   if not threshold > 0:
     raise ValueError(f'threshold must be positive, got {threshold}')
-  rot, off = _hypotheses(src, dst, iterations, seed, min_separation)
+  rot, off = _hypotheses(src, dst, iterations, seed, min_separation, max_angle)
   if not len(rot):
-    raise ValueError('all sampled point pairs coincide: no rigid hypothesis')
+    raise ValueError('no rigid hypothesis: all sampled point pairs coincide'
+                     + ('' if max_angle is None else ' or rotate beyond max_angle'))
   thr2 = threshold ** 2
   best_key, best = None, None
   done = 0
@@ -281,7 +287,8 @@ def ransac_rigid(src, dst, threshold: float, iterations: int = 1000, seed: int =
 
 
 def lmeds_rigid(src, dst, iterations: int = 500, seed: int = 0, reweights: int = 5,
-                min_separation: float = 1e-6) -> tuple[Rigid2D, np.ndarray]:
+                min_separation: float = 1e-6,
+                max_angle: float | None = None) -> tuple[Rigid2D, np.ndarray]:
   """Least-median-of-squares rigid fit: (transform, accepted mask [N] bool).
 
   The 2-pair hypothesis with the smallest h-th smallest squared residual wins, h = n // 2 + 1
@@ -293,9 +300,10 @@ def lmeds_rigid(src, dst, iterations: int = 500, seed: int = 0, reweights: int =
   is set by the nearest outliers; the reweighting brings it down to that of the inliers.
   """
   src, dst = _check_pairs(src, dst, 2)
-  rot, off = _hypotheses(src, dst, iterations, seed, min_separation)
+  rot, off = _hypotheses(src, dst, iterations, seed, min_separation, max_angle)
   if not len(rot):
-    raise ValueError('all sampled point pairs coincide: no rigid hypothesis')
+    raise ValueError('no rigid hypothesis: all sampled point pairs coincide'
+                     + ('' if max_angle is None else ' or rotate beyond max_angle'))
   r2 = _hyp_residuals(rot, off, src, dst)
   n = len(src)
   h = min(n // 2 + 1, n) - 1

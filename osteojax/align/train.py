@@ -125,7 +125,7 @@ def validation_fn(config, model):
 def run(config, workdir: str):
   """Train on the BodySim train split, then evaluate the test split into workdir."""
   from osteojax.align import retrieval   # imports matplotlib; only needed here
-  pairs.ensure_data(config)
+  lib.primary_first(lambda: pairs.ensure_data(config), 'bodysim')
   train = pairs.load(config, 'train', config.data.get('train_limit') or None)
   dxa, mri = pairs.select_channels(train, config)
   pairs.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
@@ -157,6 +157,6 @@ def run(config, workdir: str):
                   batch_size=config.batch_size, log_every=config.log_every,
                   ckpt_every=config.ckpt_every, lr_fn=lr_fn, name='align',
                   eval_fn=eval_fn, eval_every=config.get('eval_every') or 0)
-  if config.eval_split:
-    retrieval.evaluate_run(workdir, config.eval_split)
+  if config.eval_split:              # single-process inference, one writer
+    lib.primary_only(lambda: retrieval.evaluate_run(workdir, config.eval_split), 'evaluate')
   return state

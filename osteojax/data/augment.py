@@ -7,7 +7,7 @@ augmentation is expressed in HU and bounded by the scanner variation the generat
 models (`params.SCANNERS`): an HU offset within half the span of the scanners' offsets and a
 gain on bone (HU > 0) within half the span of their kV gains, i.e. a perturbation no larger
 than the difference between two of the data set's own scanners. `INTENSITY_MODES` names the
-choices compared on the validation split (README, "Recipe choices"):
+choices compared on the validation split (docs/diagnosis.md, "Recipe choices"):
 
   'none'     flips only;
   'offset'   + an HU offset, U(-o, o), o = half the scanners' offset span (18 HU);

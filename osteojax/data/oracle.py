@@ -94,13 +94,19 @@ def oracle_scores(df: pd.DataFrame, device_col: str = 'device'):
 # The CT-only oracle: the posterior given what the model sees.
 
 CT_VISIBLE = ('vbmd', 'pdff', 'size_factor', 'level_index')
+# What an exact reader of trabecular density sees: the mean trabecular HU on the reference
+# scanner (bone fraction and marrow fat mixed into one number, no noise, no scanner offset),
+# the body's size and level. Its posterior is the ceiling for a model that reads density.
+HU_VISIBLE = ('hu_true', 'size_factor', 'level_index')
 CT_ONLY_REFERENCE_PATIENTS = 20000    # generator patients per site behind the estimate
 CT_ONLY_SEED = 9173                   # their seed (a reference cohort, not the data set's)
 
 
 @functools.lru_cache(maxsize=16)
-def _ct_only_regressor(cohort_name: str, site: str, patients: int, seed: int):
-  """The fitted regressor of ct_only_scores for one site (deterministic, so cached)."""
+def _ct_only_regressor(cohort_name: str, site: str, patients: int, seed: int,
+                       visible: tuple = CT_VISIBLE):
+  """The fitted regressor of ct_only_scores for one site and set of visible columns
+  (deterministic, so cached)."""
   from sklearn.ensemble import HistGradientBoostingRegressor
   n_site = sum(P.SITES[site]['patients'])
   ref = cohort.sample_cohort(1e-6, seed, labeled_scale=patients / n_site,
@@ -108,11 +114,12 @@ def _ct_only_regressor(cohort_name: str, site: str, patients: int, seed: int):
   ref = ref[ref.split != 'pretrain'].reset_index(drop=True)
   target, _ = oracle_scores(ref)
   reg = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, random_state=0)
-  return reg.fit(ref[list(CT_VISIBLE)].to_numpy(float), target)
+  return reg.fit(ref[list(visible)].to_numpy(float), target)
 
 
 def ct_only_scores(df: pd.DataFrame, cohort_name: str = 'paper',
-                   patients: int = CT_ONLY_REFERENCE_PATIENTS, seed: int = CT_ONLY_SEED):
+                   patients: int = CT_ONLY_REFERENCE_PATIENTS, seed: int = CT_ONLY_SEED,
+                   visible: tuple = CT_VISIBLE):
   """Vertebra posteriors [N] P(label = 1 | CT-visible truth, device, site) for labeled rows df.
 
   A model sees the rendered CT and the DXA device, not the patient's age or sex: the phantom
@@ -125,10 +132,25 @@ def ct_only_scores(df: pd.DataFrame, cohort_name: str = 'paper',
   prior: referral shift, device), fit on `patients` reference patients per site drawn from the
   generator (cohort.sample_cohort, same cohort, another seed), regressing the full oracle's
   posterior on CT_VISIBLE. It is an estimate, not exact like oracle_scores.
+  visible=HU_VISIBLE gives the density-reader oracle instead (hu_reader_scores).
   """
+  visible = tuple(visible)
   out = np.full(len(df), np.nan)
   for site in sorted(df.site.unique()):
-    reg = _ct_only_regressor(cohort_name, site, int(patients), int(seed))
+    reg = _ct_only_regressor(cohort_name, site, int(patients), int(seed), visible)
     m = (df.site == site).to_numpy()
-    out[m] = np.clip(reg.predict(df.loc[m, list(CT_VISIBLE)].to_numpy(float)), 0.0, 1.0)
+    out[m] = np.clip(reg.predict(df.loc[m, list(visible)].to_numpy(float)), 0.0, 1.0)
   return out
+
+
+def hu_reader_scores(df: pd.DataFrame, cohort_name: str = 'paper',
+                     patients: int = CT_ONLY_REFERENCE_PATIENTS, seed: int = CT_ONLY_SEED):
+  """Vertebra posteriors [N] P(label = 1 | exact mean trabecular HU, size, level, device).
+
+  The phantom renders bone fraction and marrow fat into one trabecular HU
+  (cohort.hu_from_bvtv); a reader of density alone cannot tell a sparse lattice in red marrow
+  from a denser one in fatty marrow. This is the CT-only oracle (same estimate, same reference
+  patients) with that one number in place of the two: the ceiling of a perfect,
+  noise-free, offset-free trabecular HU reader, between the HU rule and the CT-only oracle.
+  """
+  return ct_only_scores(df, cohort_name, patients, seed, visible=HU_VISIBLE)

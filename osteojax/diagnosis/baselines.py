@@ -28,7 +28,9 @@ to the data folder, as OsteoSim writes it).
    given the anatomy, age, sex, level and device; its patient score is P(any vertebra
    positive). Beside it the CT-only oracle (`oracle_ct_only`): the posterior given what a model
    sees (the rendered CT and the device, no age or sex), estimated by regression over
-   generator draws (`oracle.ct_only_scores`): the ceiling for a CT model.
+   generator draws (`oracle.ct_only_scores`): the ceiling for a CT model; and the density-reader
+   oracle (`oracle_hu`): the same given only the exact mean trabecular HU, size and level
+   (`oracle.hu_reader_scores`), the ceiling for a model that reads density but not texture.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ MIN_TRABECULAR_VOXELS = 20
 RADIOMICS_CLASSES = ('firstorder', 'glcm', 'glrlm')
 RADIOMICS_SETTINGS = dict(binWidth=25, label=1, additionalInfo=False)
 EVAL_SPLITS = ('valid', 'test')
-BASELINES = ('hu160', 'hu110', 'radiomics_lr', 'oracle', 'oracle_ct_only')
+BASELINES = ('hu160', 'hu110', 'radiomics_lr', 'oracle', 'oracle_ct_only', 'oracle_hu')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,14 +303,17 @@ def oracle_predictions(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def ct_only_oracle_predictions(rows: pd.DataFrame, cohort_name: str,
-                               patients: int = oracle.CT_ONLY_REFERENCE_PATIENTS) -> pd.DataFrame:
-  """Predictions table of the CT-only oracle (oracle.ct_only_scores); the patient score is
-  the maximum over the patient's vertebrae, as for every model."""
-  missing = [c for c in oracle.CT_VISIBLE if c not in rows.columns or rows[c].isna().any()]
+                               patients: int = oracle.CT_ONLY_REFERENCE_PATIENTS,
+                               visible: tuple = oracle.CT_VISIBLE) -> pd.DataFrame:
+  """Predictions table of the CT-only oracle (oracle.ct_only_scores; visible=HU_VISIBLE: the
+  density-reader oracle); the patient score is the maximum over the patient's vertebrae, as
+  for every model."""
+  missing = [c for c in visible if c not in rows.columns or rows[c].isna().any()]
   if missing:
     raise ValueError(f'the CT-only oracle needs generated data: columns {missing} missing')
   out = _base_table(rows)
-  out['prob'] = oracle.ct_only_scores(rows.reset_index(drop=True), cohort_name, patients)
+  out['prob'] = oracle.ct_only_scores(rows.reset_index(drop=True), cohort_name, patients,
+                                      visible=visible)
   out['bmd_pred'] = np.nan
   return out
 
@@ -364,6 +369,8 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
     cohort_name = data_cohort(data_dir)
     if cohort_name is not None:
       preds['oracle_ct_only'] = ct_only_oracle_predictions(rows, cohort_name, ct_only_patients)
+      preds['oracle_hu'] = ct_only_oracle_predictions(rows, cohort_name, ct_only_patients,
+                                                      oracle.HU_VISIBLE)
   for name, p in preds.items():
     diagnosis.write_predictions(p, os.path.join(out_dir, f'{name}.csv'))
   if report:

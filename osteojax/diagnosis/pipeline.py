@@ -6,7 +6,8 @@
             on valid/test: the per-site table, ROC curves, predictions
   compare   the model beside what a clinician would use instead (the L1    <workdir>/compare
             trabecular HU rules, radiomics + logistic regression) and the
-            ceilings (the oracle, the CT-only oracle) on the same test split:
+            ceilings (the oracle, the CT-only oracle, the density-reader
+            oracle) on the same test split:
             tables and overlaid ROC curves (osteojax/diagnosis/baselines.py, cached)
 
 Each stage is an ordinary task (osteojax/tasks.py) with its own config section (config.pretrain,

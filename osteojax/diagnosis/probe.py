@@ -5,7 +5,7 @@ vertebrae's original volumes (pool channel 0). Batch statistics: 'running' uses 
 running averages from pre-training; 'recompute' re-estimates every BatchNorm's statistics on the
 probe's own inputs first (precise BN: the mean over batches of the batch statistics). TP-SwAV's
 running averages mix the original volume with the four texture maps, whose intensities differ,
-while the probe and fine-tuning feed the original volume alone (README, "Recipe choices").
+while the probe and fine-tuning feed the original volume alone (docs/diagnosis.md, "Recipe choices").
 Probes, fitted by 5-fold cross-validation over the labeled train + valid vertebrae, folds
 grouped by patient and stratified by label (test is never touched):
   - osteoporosis (site-device label): logistic regression -> ROC AUC,

@@ -11,7 +11,7 @@ S_a / n_a of two *kernel sums of per-pair integers* (n_a = number of pairs, S_a 
 those pairs of i*j, i+j, (i-j)^2 or |i-j|).  The kernel sums are accumulated exactly in
 int32 inside one fused XLA loop per angle (no per-voxel matrix, no float accumulation), and
 converted to float32 only for the final ratios and the mean over angles.  See
-the README's parity contract for the exact pyradiomics behaviour reproduced here (cropping, bin
+the parity contract in docs/texture.md for the exact pyradiomics behaviour reproduced here (cropping, bin
 edges, kernel clipping, empty angles, NaN rules, weighting).
 
 Shapes: volumes are [D, H, W] (or [H, W] for 2-D images); spacing is per array axis, in the

@@ -4,7 +4,7 @@
 to pyradiomics' region (mask bounding box padded by kernelRadius), padded to a bucket shape
 (multiple of 8 per axis) with a `support` mask, and ROIs of one bucket go through the jitted,
 vmapped `glcm_maps_batch` in fixed-size batches (one compile per bucket shape).  The crop
-and the padding do not change any value (see the parity contract in README.md).
+and the padding do not change any value (see the parity contract in docs/texture.md).
 
 `normalize_pool` is THE normalisation of the pool for network input; nothing else should
 rescale pool channels.

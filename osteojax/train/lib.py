@@ -154,6 +154,29 @@ def host_indices(indices: np.ndarray) -> np.ndarray:
   return indices[jax.process_index() * k:(jax.process_index() + 1) * k]
 
 
+def primary_first(fn: Callable[[], Any], name: str) -> Any:
+  """fn() on process 0, then on the others once it has finished (all wait at a barrier).
+
+  For work whose result other processes read from the shared filesystem (generating a data
+  set, building a texture pool): process 0 makes it, the others find it cached. One process:
+  just fn().
+  """
+  out = primary_only(fn, name)
+  return out if jax.process_index() == 0 else fn()
+
+
+def primary_only(fn: Callable[[], Any], name: str) -> Any:
+  """fn() on process 0 alone (evaluation, reports: one writer), the others waiting for it
+  at a barrier so that no process leaves the job while another still works. One process:
+  just fn(). Returns fn's result on process 0, None elsewhere."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+  out = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f'osteojax:{name}')
+  return out
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   """Example indices of global batch `step`: epochs of seeded permutations, in order.
 
@@ -195,13 +218,23 @@ class Prefetch:
 class Checkpoints:
   """orbax CheckpointManager in `<workdir>/checkpoints`, resuming from the newest good step."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3, every: int = 100):
+  def __init__(self, workdir: str, max_to_keep: int = 3, every: int = 100,
+               this_process_only: bool = False):
+    """this_process_only: a manager of this process alone (reading a trained run inside one
+    process of several, e.g. evaluation on process 0); otherwise all processes save and
+    restore together (orbax's cooperative checkpointing)."""
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.every = every
+    alone = {}
+    if this_process_only and jax.process_count() > 1:
+      i = jax.process_index()
+      os.makedirs(self.directory, exist_ok=True)   # orbax creates it only for all processes
+      alone = dict(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=i, active_processes={i}, barrier_sync_key_prefix=f'process{i}'))
     self.mngr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(**{'max_to_keep': max_to_keep, 'create': True,
+                                                'enable_async_checkpointing': False, **alone}))
 
   def steps(self) -> list:
     return sorted(self.mngr.all_steps())

@@ -37,7 +37,7 @@ def load_variables(workdir: str, step: int | None = None, use_best: bool = False
   folder = workdir
   if use_best and step is None and os.path.isdir(os.path.join(workdir, 'best', 'checkpoints')):
     folder = os.path.join(workdir, 'best')
-  ck = lib.Checkpoints(folder)
+  ck = lib.Checkpoints(folder, this_process_only=True)   # read by one process, or by all
   try:
     variables, got = ck.restore_variables(step)
     if not got:
