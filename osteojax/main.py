@@ -33,8 +33,7 @@ def initialize_distributed():
   300) instead of waiting forever.
   """
   timeout = int(os.environ.get('DISTRIBUTED_TIMEOUT_S', '300'))
-  if os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or os.environ.get('COORDINATOR'):
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')   # only the CPU backend's
   kw = dict(initialization_timeout=timeout, heartbeat_timeout_seconds=max(10, timeout // 3),
             shutdown_timeout_seconds=timeout)
   print(f'[distributed] process {os.environ.get("PROCESS_ID", "?")} of '

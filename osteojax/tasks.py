@@ -9,6 +9,8 @@ import os
 
 import jax
 
+from osteojax.data import io as dio
+
 TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
     'tp_swav': 'osteojax.diagnosis.pretrain',      # TP-SwAV pre-training (views from the texture pool)
@@ -26,6 +28,6 @@ def run(config, workdir: str):
     raise ValueError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:        # one writer when several processes share the workdir
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=1))
+    dio.atomic_write_text(os.path.join(workdir, 'config.json'),
+                          config.to_json_best_effort(indent=1))
   return importlib.import_module(TASKS[config.task]).run(config, workdir)

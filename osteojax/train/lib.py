@@ -225,16 +225,14 @@ class Checkpoints:
     restore together (orbax's cooperative checkpointing)."""
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.every = every
-    alone = {}
+    options = dict(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
     if this_process_only and jax.process_count() > 1:
       i = jax.process_index()
       os.makedirs(self.directory, exist_ok=True)   # orbax creates it only for all processes
-      alone = dict(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+      options.update(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
           primary_host=i, active_processes={i}, barrier_sync_key_prefix=f'process{i}'))
-    self.mngr = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(**{'max_to_keep': max_to_keep, 'create': True,
-                                                'enable_async_checkpointing': False, **alone}))
+    self.mngr = ocp.CheckpointManager(self.directory,
+                                      options=ocp.CheckpointManagerOptions(**options))
 
   def steps(self) -> list:
     return sorted(self.mngr.all_steps())
