@@ -23,8 +23,9 @@ for ((i = 0; i < n; i++)); do
 done
 status=0
 for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    s=$?
+  s=0
+  wait "${pids[$i]}" || s=$?
+  if [ "$s" -ne 0 ]; then
     echo "error: process $i of $n exited with status $s; see $workdir/process_$i.log" >&2
     [ "$status" -eq 0 ] && status=$s
   fi

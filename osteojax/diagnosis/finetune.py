@@ -317,13 +317,13 @@ def plot_validation(workdir: str, steps_per_epoch: int) -> str:
 def run(config, workdir: str):
   """Fine-tune on the train split; predictions of valid + test in <workdir>/predictions.csv."""
   os.makedirs(workdir, exist_ok=True)
-  train = pool_data.ensure_pool(config, ('train',))
+  train = lib.primary_first(lambda: pool_data.ensure_pool(config, ('train',)), 'pool')
   n = len(train)
   if config.batch_size > n:
     raise ValueError(f'batch_size {config.batch_size} exceeds the {n} training vertebrae')
   stats = bmd_stats(train.rows, config.loss.get('bmd_standardise', 'device'))
-  with open(os.path.join(workdir, BMD_STATS), 'w', encoding='utf-8') as f:
-    json.dump(stats, f, indent=1)
+  if jax.process_index() == 0:        # one writer when several processes share the workdir
+    io.atomic_write_text(os.path.join(workdir, BMD_STATS), json.dumps(stats, indent=1))
   arrays = label_arrays(train.rows, stats, config.loss.get('class_weight', 'none'))
   steps_per_epoch = max(n // config.batch_size, 1)
   total = config.epochs * steps_per_epoch
@@ -341,7 +341,8 @@ def run(config, workdir: str):
     return dict(image=train.read(idx)[:, 0], **{k: v[idx] for k, v in arrays.items()})
 
   with_bmd = config.loss.bmd > 0
-  valid = pool_data.ensure_pool(config, ('valid',), progress=False)
+  valid = lib.primary_first(lambda: pool_data.ensure_pool(config, ('valid',), progress=False),
+                            'pool')
   eval_every = max(int(round(config.get('eval_every_epochs', 1) * steps_per_epoch)), 1)
   state = lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
                   make_batch=make_batch, total_steps=total, seed=config.seed,
@@ -349,12 +350,17 @@ def run(config, workdir: str):
                   ckpt_every=config.ckpt_every, lr_fn=lib.make_schedule(optim, total),
                   name='finetune', eval_fn=validation_fn(model, valid, stats, with_bmd),
                   eval_every=eval_every)
-  print(f'[finetune] validation curve: {plot_validation(workdir, steps_per_epoch)}', flush=True)
-  evals = pool_data.ensure_pool(config, ('valid', 'test'), progress=False)
-  variables = state.averaged()
-  preds = predict_pools(model, variables, evals, stats, with_bmd=with_bmd)
-  report(preds, workdir)
-  return preds
+  evals = lib.primary_first(
+      lambda: pool_data.ensure_pool(config, ('valid', 'test'), progress=False), 'pool')
+
+  def write_reports():              # process 0 alone: the figure, predictions and tables
+    print(f'[finetune] validation curve: {plot_validation(workdir, steps_per_epoch)}',
+          flush=True)
+    preds = predict_pools(model, state.averaged(), evals, stats, with_bmd=with_bmd)
+    report(preds, workdir)
+    return preds
+
+  return lib.primary_only(write_reports, 'report')
 
 
 def report(preds: pd.DataFrame, workdir: str, name: str = 'model') -> dict:

@@ -187,7 +187,7 @@ def post_update(params):
 # ------------------------------------------------------------------------------------ task
 def run(config, workdir: str):
   """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
-  pools = pool_data.ensure_pool(config, ('pretrain',))
+  pools = lib.primary_first(lambda: pool_data.ensure_pool(config, ('pretrain',)), 'pool')
   n = len(pools)
   if config.batch_size > n:
     raise ValueError(f'batch_size {config.batch_size} exceeds the {n} pre-training vertebrae')

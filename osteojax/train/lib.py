@@ -13,6 +13,7 @@ batch_stats, metrics))` and a host batch maker; this module owns the rest:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -165,15 +166,28 @@ def primary_first(fn: Callable[[], Any], name: str) -> Any:
   return out if jax.process_index() == 0 else fn()
 
 
+BARRIER_TIMEOUT_S = 24 * 3600     # process 0 may generate a paper-size data set meanwhile
+_barriers = itertools.count()
+
+
+def barrier(name: str) -> None:
+  """All processes wait here for each other (the coordination service's barrier, not a device
+  collective: gloo's first collective gives up after 30 s, too short for process 0 to build a
+  data set). A process that dies is reported by the service's heartbeat, so a crash stops the
+  others instead of leaving them here until BARRIER_TIMEOUT_S."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed
+  distributed.global_state.client.wait_at_barrier(f'osteojax:{name}:{next(_barriers)}',
+                                                  BARRIER_TIMEOUT_S * 1000)
+
+
 def primary_only(fn: Callable[[], Any], name: str) -> Any:
   """fn() on process 0 alone (evaluation, reports: one writer), the others waiting for it
   at a barrier so that no process leaves the job while another still works. One process:
   just fn(). Returns fn's result on process 0, None elsewhere."""
-  if jax.process_count() == 1:
-    return fn()
-  from jax.experimental import multihost_utils
   out = fn() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(f'osteojax:{name}')
+  barrier(name)
   return out
 
 
