@@ -176,7 +176,8 @@ def test_bad_manifests_one_line(bodysim_and_manifest, tmp_path):
     assert '\n' not in str(e.value)
     return str(e.value)
 
-  assert 'no column' in err(_rewrite(path, tmp_path, lambda d: d.drop(columns='mri_water')))
+  assert 'missing column(s) mri_water' in err(_rewrite(path, tmp_path,
+                                                             lambda d: d.drop(columns='mri_water')))
   def empty(d):
     d.loc[0, 'dxa_bone'] = ''
     return d

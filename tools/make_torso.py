@@ -2,7 +2,7 @@
 
   python tools/make_torso.py --out data/torso [--levels T11:L4] [--labels totalseg|verse]
       [--seed 0] [--spacing 0.9,0.9,2.0] [--flip xy] [--format nifti|nrrd|dicom]
-      [--device hologic] [--scanner A1]
+      [--device hologic] [--scanner A1] [--margin-mm 6]
 
 Writes <out>/{ct.nii.gz | ct.nrrd | ct_dicom/, mask.nii.gz | mask.nrrd, truth.json, manifest.csv}
 (see osteojax/data/torso.py); `tools/extract_rois.py <out>/manifest.csv ...` cuts its ROIs.
@@ -30,6 +30,9 @@ def parse_args(argv):
   p.add_argument('--format', default='nifti', choices=sorted(torso.CT_NAMES))
   p.add_argument('--device', default='hologic', help='DXA device of the made-up BMD')
   p.add_argument('--scanner', default='', help="CT scanner of params.SCANNERS ('' = the site's)")
+  p.add_argument('--margin-mm', type=float, default=torso.TorsoSpec.margin_mm,
+                 help='soft tissue scanned above the first / below the last vertebra (mm); at '
+                      'the default the end vertebrae\'s ROIs reach past the scan')
   return p, p.parse_args(argv)
 
 
@@ -41,9 +44,11 @@ def main(argv=None):
     assert len(spacing) == 3 and min(spacing) > 0
   except (ValueError, AssertionError):
     parser.error(f'--spacing {args.spacing!r}: want three positive numbers x,y,z')
+  if not args.margin_mm >= 0:
+    parser.error(f'--margin-mm {args.margin_mm}: want a length >= 0')
   spec = torso.TorsoSpec(first=first, last=last or first, spacing=spacing,
                          flip=tuple(args.flip), scanner=args.scanner, device=args.device,
-                         convention=args.labels)
+                         convention=args.labels, margin_mm=args.margin_mm)
   t0 = time.time()
   try:
     made = torso.make_torso(spec, np.random.default_rng(args.seed), patient=f'torso{args.seed}')

@@ -39,22 +39,11 @@ PATIENT_ID = '0010|0020'
 
 def read_manifest(path: str, dxa_channels, mri_channels) -> pd.DataFrame:
   """The manifest as a table, its columns and rows checked."""
-  if not os.path.isfile(path):
-    raise OsteoDataError(path, 'no such manifest file')
-  try:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-  except Exception as e:  # pandas' parser errors have many types
-    raise OsteoDataError(path, f'not a readable CSV ({type(e).__name__}: {e})') from None
   need = ['subject', 'split'] + [f'dxa_{c}' for c in dxa_channels] + \
       [f'mri_{c}' for c in mri_channels]
-  for col in need:
-    if col not in df.columns:
-      what = ('a column' if col in ('subject', 'split') else
-              f'the column of the aligner\'s {col.split("_")[0].upper()} channel '
-              f'{col.split("_", 1)[1]!r}')
-      raise OsteoDataError(path, f'no column {col!r} ({what}); columns: {", ".join(df.columns)}')
-  if df.empty:
-    raise OsteoDataError(path, 'no rows')
+  df = io.read_csv_table(path, need, kind='manifest file',
+                         needs=f'needs subject, split and a column per channel of the aligner: '
+                               f'{", ".join(need[2:])}')
   dup = df.subject[df.subject.duplicated()].tolist()
   if dup:
     raise OsteoDataError(path, f'subject {dup[0]!r} appears more than once')

@@ -127,8 +127,13 @@ def _read_dicom_series(folder):
     raise OsteoDataError(folder, 'folder holds no DICOM series')
   if len(ids) > 1:
     raise OsteoDataError(folder, f'folder holds {len(ids)} DICOM series; one per folder, please')
+  return _read_series_files(folder, sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+
+
+def _read_series_files(folder, files):
+  """The image of one DICOM series' files (sorted by GDCM), its slice spacing checked."""
   reader = sitk.ImageSeriesReader()
-  reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+  reader.SetFileNames(files)
   reader.MetaDataDictionaryArrayUpdateOn()
   try:
     img = reader.Execute()
@@ -181,6 +186,113 @@ def read_image(path) -> sitk.Image:
   if min(img.GetSize()) < 2:
     raise OsteoDataError(path, f'empty image: size {img.GetSize()} (need >= 2 voxels per axis)')
   return img
+
+
+# ----------------------------------------------------------------------------------------------
+# DICOM studies: a folder of series, one CT series picked.
+
+MIN_SERIES_SLICES = 20     # a spine CT series; localizers, key images, single reformats fewer
+AXIAL_MIN_COS = 0.9        # |slice normal . S-I axis| at least this (gantry tilt up to ~25 deg)
+_TAGS = {'image_type': '0008|0008', 'orientation': '0020|0037', 'modality': '0008|0060',
+         'description': '0008|103e', 'number': '0020|0011', 'uid': '0020|000e'}
+
+
+def _series_reasons(s):
+  """Why a series (list_dicom_series dict) is not an axial original CT series; [] if it is."""
+  why = []
+  if s['modality'] and s['modality'].upper() != 'CT':
+    why.append(f'modality {s["modality"]}')
+  kind = [v.strip().upper() for v in s['image_type'].split('\\')] if s['image_type'] else []
+  if 'LOCALIZER' in kind:
+    why.append('localizer')
+  if kind and kind[:2] != ['ORIGINAL', 'PRIMARY']:
+    why.append(f'ImageType {s["image_type"]} is not ORIGINAL\\PRIMARY')
+  if s['normal'] is None:
+    why.append('no ImageOrientationPatient')
+  elif abs(s['normal'][2]) < AXIAL_MIN_COS:
+    why.append(f'not axial (slice normal {tuple(round(v, 2) + 0.0 for v in s["normal"])})')
+  if s['slices'] < MIN_SERIES_SLICES:
+    why.append(f'{s["slices"]} slices < {MIN_SERIES_SLICES}')
+  return why
+
+
+def list_dicom_series(folder) -> list:
+  """Every DICOM series in a folder and its subfolders, read from each one's first file.
+
+  Returns dicts: folder, uid, files (GDCM order), slices, image_type, orientation, normal
+  (unit (x, y, z) or None), modality, description, number ('' for an absent tag), reasons (why
+  it is not an axial ORIGINAL\\PRIMARY CT series of >= MIN_SERIES_SLICES slices; [] if it is).
+  """
+  out = []
+  for d, dirs, _ in os.walk(str(folder)):
+    dirs.sort()
+    for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(d):
+      files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, sid))
+      r = sitk.ImageFileReader()
+      r.SetFileName(files[0])
+      try:
+        r.ReadImageInformation()
+      except RuntimeError as e:
+        raise OsteoDataError(files[0], f'cannot read DICOM header: {_itk_message(e)}') from None
+      s = {k: (r.GetMetaData(t).strip() if r.HasMetaDataKey(t) else '') for k, t in _TAGS.items()}
+      s.update(folder=d, uid=s['uid'] or sid, files=files, slices=len(files), normal=None)
+      try:
+        iop = [float(v) for v in s['orientation'].split('\\')]
+        n = np.cross(iop[:3], iop[3:6])
+        s['normal'] = tuple(float(v) for v in n / np.linalg.norm(n))
+      except (ValueError, IndexError):
+        pass
+      s['reasons'] = _series_reasons(s)
+      out.append(s)
+  return out
+
+
+def select_ct_series(folder):
+  """(picked, all): the axial ORIGINAL\\PRIMARY CT series with the most slices (ties: lowest
+  series number) among list_dicom_series(folder). A series without ImageType counts as
+  original. OsteoDataError naming every series and why, when none qualifies."""
+  found = list_dicom_series(folder)
+  if not found:
+    raise OsteoDataError(folder, 'folder holds no DICOM series')
+  ok = [s for s in found if not s['reasons']]
+  if not ok:
+    why = '; '.join(f'{os.path.relpath(s["folder"], str(folder))} '
+                    f'{s["description"] or s["uid"][-12:]}: {", ".join(s["reasons"])}'
+                    for s in found)
+    raise OsteoDataError(folder, f'no axial ORIGINAL\\PRIMARY CT series of >= '
+                                 f'{MIN_SERIES_SLICES} slices among {len(found)}: {why}')
+
+  def number(s):
+    try:
+      return float(s['number'])
+    except ValueError:
+      return float('inf')
+  ok.sort(key=lambda s: (-s['slices'], number(s), s['folder'], s['uid']))
+  return ok[0], found
+
+
+def series_record(picked, found, root) -> dict:
+  """JSON-ready account of a series choice: the picked series and the others with reasons."""
+  def brief(s):
+    return dict(folder=os.path.relpath(s['folder'], str(root)), series_uid=s['uid'],
+                series_number=s['number'], description=s['description'],
+                image_type=s['image_type'], slices=s['slices'])
+  return dict(picked=brief(picked), candidates=len(found),
+              others=[dict(brief(s), reasons=s['reasons'] or ['fewer slices than the picked'])
+                      for s in found if s is not picked])
+
+
+def read_ct(path):
+  """(CT image, series record or None): a file as read_image does, or a DICOM folder that may
+  hold several series (in it or in subfolders), of which select_ct_series picks one."""
+  path = str(path)
+  if not os.path.isdir(path):
+    return read_image(path), None
+  picked, found = select_ct_series(path)
+  img = _read_series_files(picked['folder'], picked['files'])
+  if img.GetDimension() != 3 or min(img.GetSize()) < 2:
+    raise OsteoDataError(picked['folder'], f'expected a 3-D series, got size {img.GetSize()}')
+  return img, series_record(picked, found, path)
 
 
 def check_ct(img, path) -> np.ndarray:
@@ -258,6 +370,27 @@ def _number(text, path, line, column, lo, hi, unit):
   return v
 
 
+def read_csv_table(path, required, needs: str = '', kind: str = 'file') -> pd.DataFrame:
+  """A CSV of strings ('' when blank, column names stripped), checked as a whole: the file
+  exists and parses, every column in `required` is there (the message names the missing ones
+  and `needs`, or else the required list), and it has rows. OsteoDataError otherwise."""
+  path = str(path)
+  if not os.path.isfile(path):
+    raise OsteoDataError(path, f'no such {kind}')
+  try:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    raise OsteoDataError(path, f'cannot read CSV: {" ".join(str(e).split())}') from None
+  df.columns = [str(c).strip() for c in df.columns]
+  missing = [c for c in required if c not in df.columns]
+  if missing:
+    raise OsteoDataError(path, f'missing column(s) {", ".join(missing)} '
+                               f'({needs or "needs " + ", ".join(required)})')
+  if len(df) == 0:
+    raise OsteoDataError(path, 'no rows')
+  return df
+
+
 def read_real_manifest(path) -> pd.DataFrame:
   """The real-data manifest: one row per vertebra to cut.
 
@@ -268,19 +401,7 @@ def read_real_manifest(path) -> pd.DataFrame:
   `line` column (the CSV line number, for messages). Raises OsteoDataError on any bad row.
   """
   path = str(path)
-  if not os.path.isfile(path):
-    raise OsteoDataError(path, 'no such file')
-  try:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-    raise OsteoDataError(path, f'cannot read CSV: {e}') from None
-  df.columns = [str(c).strip() for c in df.columns]
-  missing = [c for c in REAL_COLUMNS if c not in df.columns]
-  if missing:
-    raise OsteoDataError(path, f'missing column(s) {", ".join(missing)} '
-                               f'(needs {", ".join(REAL_COLUMNS)})')
-  if len(df) == 0:
-    raise OsteoDataError(path, 'no rows')
+  df = read_csv_table(path, REAL_COLUMNS)
   df = df[[c for c in REAL_COLUMNS + OPTIONAL_COLUMNS if c in df.columns]].copy()
   for c in OPTIONAL_COLUMNS:
     if c not in df:
@@ -394,11 +515,15 @@ def staged_dir(out_dir, marker):
       shutil.rmtree(tmp)
 
 
-def write_dicom_series(img, folder, patient='anonymous'):
-  """Write a 3-D image as a CT DICOM series (one int16 file per slice) into a new folder."""
+def write_dicom_series(img, folder, patient='anonymous', tags=None):
+  """Write a 3-D image as a CT DICOM series (one int16 file per slice) into a new folder.
+
+  tags: optional {'gggg|eeee': value} written into every slice as well (e.g. ImageType
+  '0008|0008', SeriesDescription '0008|103e'), after the ones below."""
   img = sitk.Cast(img, sitk.sitkInt16)
   os.makedirs(folder)
-  digest = hashlib.sha1(sitk.GetArrayViewFromImage(img).tobytes() + patient.encode())
+  digest = hashlib.sha1(sitk.GetArrayViewFromImage(img).tobytes() + patient.encode()
+                        + (repr(sorted(tags.items())).encode() if tags else b''))
   uid = '1.2.826.0.1.3680043.2.1125.' + str(int(digest.hexdigest()[:24], 16))  # deterministic
   direction = img.GetDirection()
   iop = '\\'.join(f'{v:.6f}' for v in (direction[0], direction[3], direction[6],
@@ -408,7 +533,7 @@ def write_dicom_series(img, folder, patient='anonymous'):
   common = {'0008|0060': 'CT', '0010|0010': patient, '0010|0020': patient,
             '0020|000d': uid + '.1', '0020|000e': uid + '.2', '0020|0037': iop,
             '0018|0050': f'{img.GetSpacing()[2]:.6f}', '0008|0016': '1.2.840.10008.5.1.4.1.1.2',
-            '0028|1052': '0', '0028|1053': '1', '0028|1054': 'HU'}
+            '0028|1052': '0', '0028|1053': '1', '0028|1054': 'HU', **(tags or {})}
   for k in range(img.GetSize()[2]):
     s = img[:, :, k]
     for tag, value in common.items():

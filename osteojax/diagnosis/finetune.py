@@ -187,13 +187,20 @@ def make_loss_fn(config, model):
 
 
 # ------------------------------------------------------------------------------------ predict
-def predict(model, variables, images, devices, batch: int = 32) -> dict:
+def make_predict_fn(model):
+  """The compiled eval-mode forward (variables, images [b, D, H, W], devices [b]) -> outputs;
+  build it once and pass it to predict to serve many calls without recompiling."""
+  return jax.jit(lambda v, x, d: model.apply(v, x[..., None], d, train=False))
+
+
+def predict(model, variables, images, devices, batch: int = 32, fn=None) -> dict:
   """Outputs for images [N, D, H, W] (float32, pool-normalised) and device indices [N].
 
   Returns numpy: prob [N] (P(osteoporosis)), bmd_z [N], level [N] (argmax index), gate [N, E].
-  Batches are padded to `batch` so that one compiled function serves every call.
+  Batches are padded to `batch` so that one compiled function serves every call; fn (from
+  make_predict_fn) reuses a compiled function across calls.
   """
-  fn = jax.jit(lambda x, d: model.apply(variables, x[..., None], d, train=False))
+  fn = fn or make_predict_fn(model)
   outs = []
   n = len(images)
   for i in range(0, n, batch):
@@ -202,7 +209,7 @@ def predict(model, variables, images, devices, batch: int = 32) -> dict:
     if pad:
       x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
       d = np.concatenate([d, np.zeros(pad, d.dtype)])
-    o = jax.device_get(fn(jnp.asarray(x), jnp.asarray(d)))
+    o = jax.device_get(fn(variables, jnp.asarray(x), jnp.asarray(d)))
     outs.append(jax.tree_util.tree_map(lambda v: v[:batch - pad], o))
   o = jax.tree_util.tree_map(lambda *v: np.concatenate(v), *outs)
   prob = np.asarray(jax.nn.softmax(o['osteo_logits'], -1)[:, 1])
