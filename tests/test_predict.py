@@ -314,6 +314,10 @@ def test_batch_records_failures_and_a_rerun_skips_finished_studies(model, tmp_pa
   io.atomic_write_text(out / 's1' / predict.REPORT, json.dumps(rep))
   with pytest.raises(io.OsteoDataError, match='predicted by another model'):
     predict.run_batch(str(manifest), model, str(out), labels_default='verse', log=None)
+  # rows without a labels value and no --labels: refused with the line, before anything runs
+  with pytest.raises(io.OsteoDataError, match=r'line 2: no labels value .* no --labels'):
+    predict.run_batch(str(manifest), model, str(tmp_path / 'out2'), log=None)
+  assert not (tmp_path / 'out2').exists()
 
 
 def test_cli_help_and_single_study_errors(model, tmp_path, capsys):

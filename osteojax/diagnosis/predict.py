@@ -376,6 +376,11 @@ def run_batch(manifest: str, model: Model, out_dir: str, calibrate: bool = False
   Results of another checkpoint in out_dir are an OsteoDataError, before anything runs.
   """
   rows = read_study_manifest(manifest)
+  if not labels_default:
+    blank = [r['line'] for r in rows if not r['labels']]
+    if blank:
+      raise io.OsteoDataError(manifest, f'line {blank[0]}: no labels value (verse or totalseg) '
+                                        f'and no --labels for rows without one')
   out_dir = os.path.abspath(out_dir)
   for r in rows:
     js = os.path.join(out_dir, r['study'], REPORT)
