@@ -218,12 +218,6 @@ def predict_study(model: Model, ct_path: str, mask_path: str, convention: str, s
   return report, x
 
 
-def predict_ct(ct_path: str, mask_path: str, workdir: str, convention: str, sex: str,
-               calibrate: bool = False, phase: str = 'native'):
-  """predict_study with the model of a fine-tuning workdir loaded for this one CT."""
-  return predict_study(Model(workdir), ct_path, mask_path, convention, sex, calibrate, phase)
-
-
 def plot_report(report: dict, x: np.ndarray, path: str) -> str:
   """One page: each vertebra's mid-sagittal ROI slice, its QC flags and per-device T-scores."""
   verts = report['vertebrae']
