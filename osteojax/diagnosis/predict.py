@@ -282,9 +282,10 @@ def write_report(report: dict, x: np.ndarray, out_dir: str) -> tuple[str, str]:
 
 
 # -------------------------------------------------------------------------------- batch mode
-def read_study_manifest(path: str) -> list:
+def read_study_manifest(path: str, labels_default: str = '') -> list:
   """The studies of a batch manifest CSV: dicts of line, study, ct, mask (absolute; relative
-  paths are taken from the manifest's folder), sex, labels, phase ('' when blank).
+  paths are taken from the manifest's folder), sex, labels (blank: labels_default; a row with
+  neither is an error), phase ('' when blank).
 
   Columns: study, ct, mask, sex; optional labels (verse | totalseg), phase. A problem with the
   file as a whole (unreadable, a missing column, an empty, unsafe or repeated study name) is an
@@ -306,7 +307,10 @@ def read_study_manifest(path: str) -> list:
       raise io.OsteoDataError(path, f'line {line}: study {study} already on line {seen[study]}')
     seen[study] = line
     sex = r['sex'].upper()[:1] if r['sex'].lower() in ('f', 'm', 'female', 'male') else r['sex']
-    rows.append(dict(line=line, study=study, sex=sex, labels=r.get('labels', ''),
+    if not (r.get('labels') or labels_default):
+      raise io.OsteoDataError(path, f'line {line}: no labels value (verse or totalseg) and no '
+                                    f'--labels for rows without one')
+    rows.append(dict(line=line, study=study, sex=sex, labels=r.get('labels') or labels_default,
                      phase=r.get('phase', ''),
                      **{c: os.path.normpath(os.path.join(root, r[c])) if r[c] else ''
                         for c in ('ct', 'mask')}))
@@ -369,12 +373,7 @@ def run_batch(manifest: str, model: Model, out_dir: str, calibrate: bool = False
   vertebrae.csv and patients.csv are rebuilt from every finished study of the manifest.
   Results of another checkpoint in out_dir are an OsteoDataError, before anything runs.
   """
-  rows = read_study_manifest(manifest)
-  if not labels_default:
-    blank = [r['line'] for r in rows if not r['labels']]
-    if blank:
-      raise io.OsteoDataError(manifest, f'line {blank[0]}: no labels value (verse or totalseg) '
-                                        f'and no --labels for rows without one')
+  rows = read_study_manifest(manifest, labels_default)
   out_dir = os.path.abspath(out_dir)
   for r in rows:
     js = os.path.join(out_dir, r['study'], REPORT)
@@ -398,7 +397,7 @@ def run_batch(manifest: str, model: Model, out_dir: str, calibrate: bool = False
         for c in ('ct', 'mask'):
           if not r[c]:
             raise io.OsteoDataError(manifest, f'line {r["line"]}: empty {c}')
-        report, x = predict_study(model, r['ct'], r['mask'], r['labels'] or labels_default,
+        report, x = predict_study(model, r['ct'], r['mask'], r['labels'],
                                   r['sex'], calibrate, r['phase'] or phase_default)
         report['study'] = r['study']
         write_report(report, x, d)
