@@ -28,7 +28,8 @@ def encoder_config(arg=None) -> ml_collections.ConfigDict:
   """The encoder shared by pre-training and fine-tuning (they must match)."""
   m = ml_collections.ConfigDict(dict(
       name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
-      stem_pool=True, zero_init_residual=False))
+      stem_pool=True, zero_init_residual=False,
+      conv='auto'))   # Conv3D: 'auto' (im2col on CPU, XLA's on GPU/TPU) | 'lax' | 'im2col'
   if arg == 'paper':
     m.widths = (64, 128, 256, 512)
   elif arg == 'tiny':

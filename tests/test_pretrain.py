@@ -2,6 +2,7 @@
 1 vs 4 simulated devices, deterministic batches, checkpoint fallback."""
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +54,53 @@ def test_resnet34_3d_size_and_slim_forward():
   v = slim.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 16, 1)), train=False)
   out = slim.apply(v, jnp.ones((2, 16, 16, 16, 1)), train=False)
   assert out.shape == (2, 8) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize('shape,k,stride,cin', [
+    ((1, 12, 12, 12), 7, 2, 1),      # the stem: space-to-depth
+    ((1, 9, 8, 7), 3, 2, 3),         # a strided block conv on odd sizes: strided im2col
+    ((1, 5, 6, 4), 3, 1, 4),         # stride 1: im2col
+    ((1, 4, 4, 4), 1, 1, 3)])        # the 1^3 projection
+def test_conv3d_impls_equal_flax_conv(shape, k, stride, cin):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape + (cin,))
+  ref = flax.linen.Conv(5, (k,) * 3, (stride,) * 3, use_bias=False)
+  v = ref.init(jax.random.PRNGKey(1), x)
+  want = ref.apply(v, x)
+  g = jax.random.normal(jax.random.PRNGKey(2), want.shape)
+  # the kernel gradient of a random projection of the output, against nn.Conv's
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply({'params': p}, x) * g)))
+  dw_ref = grad(ref)(v['params'])['kernel']
+  for impl in ('lax', 'im2col'):
+    conv = resnet3d.Conv3D(5, k, stride, impl)
+    v2 = conv.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_array_equal(v2['params']['kernel'], v['params']['kernel'])  # same init
+    np.testing.assert_allclose(jax.jit(conv.apply)(v, x), want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(grad(conv)(v['params'])['kernel'], dw_ref, atol=1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match='unknown conv impl'):
+    resnet3d.Conv3D(5, k, stride, 'fft').init(jax.random.PRNGKey(1), x)
+
+
+@pytest.mark.parametrize('shape', [(1, 8, 8, 8, 3), (1, 7, 6, 5, 2)])
+def test_separable_max_pool_equals_flax_max_pool(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)     # no tied maxima
+  ref = lambda x: flax.linen.max_pool(x, (3, 3, 3), (2, 2, 2), padding='SAME')
+  got = resnet3d.max_pool_separable(x, 3, 2)
+  np.testing.assert_array_equal(got, ref(x))
+  g = jax.random.normal(jax.random.PRNGKey(1), got.shape)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(resnet3d.max_pool_separable(x) * g))(x),
+                             jax.grad(lambda x: jnp.sum(ref(x) * g))(x), atol=1e-6)
+
+
+def test_resnet3d_conv_impls_agree():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 16, 1))
+  nets = {impl: resnet3d.ResNet3D((1, 1, 1), (4, 8, 8), axis_name=None, conv=impl)
+          for impl in ('lax', 'im2col')}
+  v, v2 = (jax.jit(lambda k, x, n=n: n.init(k, x, train=False))(jax.random.PRNGKey(1), x)
+            for n in nets.values())
+  jax.tree_util.tree_map(np.testing.assert_array_equal, v, v2)   # same parameters, same init
+  out = {k: jax.jit(lambda v, x, n=n: n.apply(v, x, train=True, mutable=['batch_stats'])[0])(
+      v, x) for k, n in nets.items()}
+  np.testing.assert_allclose(out['im2col'], out['lax'], atol=1e-4, rtol=1e-4)
 
 
 def test_prototypes_normalized():

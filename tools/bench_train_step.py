@@ -1,11 +1,14 @@
 """Benchmark the TP-SwAV train step: slim and full ResNet34-3D, at the CPU default and the
 paper's input size. Prints one JSON line.
 
-  python tools/bench_train_step.py [--sizes 32 64] [--batch 8] [--steps 3]
+  python tools/bench_train_step.py [--sizes 32 64] [--batch 8] [--steps 3] [--conv lax im2col]
 
 Each entry: step time (s, median of --steps warm steps; the two compiling warm-up calls are
 excluded and reported as first_step_s), and
-examples/s (vertebrae per second; each vertebra gives two views through the encoder).
+examples/s (vertebrae per second; each vertebra gives two views through the encoder), for each
+convolution implementation (models/resnet3d.Conv3D: 'lax' is XLA's convolution, the reference;
+'im2col' the matrix-product / space-to-depth form, 'auto' picks per backend), with each one's
+speed-up over 'lax' at the same widths and size (measured in this run).
 """
 import argparse
 import json
@@ -24,12 +27,14 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import tp_swav  # noqa: E402
 
 from osteojax.diagnosis import pretrain  # noqa: E402
+from osteojax.models import resnet3d  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
-def bench(widths, size, batch, steps):
+def bench(widths, size, batch, steps, conv='auto'):
   config = tp_swav.get_config()
   config.model.widths = widths
+  config.model.conv = conv
   config.batch_size = batch
   model = pretrain.build_model(config)
   optim = pretrain.optimizer_config(config, 10)
@@ -52,8 +57,8 @@ def bench(widths, size, batch, steps):
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   st = float(np.median(times))
-  return dict(widths=list(widths), params_m=round(n_params / 1e6, 2), input=size, batch=batch,
-              first_step_s=round(first, 2), step_s=round(st, 3),
+  return dict(conv=conv, widths=list(widths), params_m=round(n_params / 1e6, 2), input=size,
+              batch=batch, first_step_s=round(first, 2), step_s=round(st, 3),
               examples_per_s=round(batch / st, 2))
 
 
@@ -62,9 +67,24 @@ def main():
   ap.add_argument('--sizes', type=int, nargs='+', default=[32, 64])
   ap.add_argument('--batch', type=int, default=8)
   ap.add_argument('--steps', type=int, default=3)
+  ap.add_argument('--conv', nargs='+', default=['lax', 'im2col'],
+                  choices=resnet3d.CONV_IMPLS)
+  ap.add_argument('--widths', choices=('slim', 'full', 'both'), default='both')
   a = ap.parse_args()
-  runs = [bench(w, s, a.batch, a.steps) for s in a.sizes
-          for w in ((16, 32, 64, 128), (64, 128, 256, 512))]
+  widths = dict(slim=[(16, 32, 64, 128)], full=[(64, 128, 256, 512)])
+  widths['both'] = widths['slim'] + widths['full']
+  runs = []
+  for s in a.sizes:
+    for w in widths[a.widths]:
+      ref = None
+      for conv in a.conv:
+        r = bench(w, s, a.batch, a.steps, conv)
+        if conv == 'lax':
+          ref = r['step_s']
+        if ref is not None and conv != 'lax':
+          r['speedup_vs_lax'] = round(ref / r['step_s'], 2)
+        print(json.dumps(r), file=sys.stderr, flush=True)      # progress
+        runs.append(r)
   print(json.dumps(dict(runs=runs, devices=jax.device_count(),
                         backend=jax.default_backend(),
                         machine=f'{platform.machine()}, {os.cpu_count()} cpus')))

@@ -102,17 +102,25 @@ CT_ONLY_REFERENCE_PATIENTS = 20000    # generator patients per site behind the e
 CT_ONLY_SEED = 9173                   # their seed (a reference cohort, not the data set's)
 
 
+@functools.lru_cache(maxsize=8)
+def _reference(cohort_name: str, site: str, patients: int, seed: int):
+  """The reference patients of one site and the full oracle's posterior on them (shared by
+  the CT-only and density-reader estimates; deterministic, so cached)."""
+  n_site = sum(P.SITES[site]['patients'])
+  ref = cohort.sample_cohort(1e-6, seed, labeled_scale=patients / n_site,
+                             cohort=cohort_name, sites=[site])
+  ref = ref[ref.split != 'pretrain'].reset_index(drop=True)
+  target, _ = oracle_scores(ref)
+  return ref, target
+
+
 @functools.lru_cache(maxsize=16)
 def _ct_only_regressor(cohort_name: str, site: str, patients: int, seed: int,
                        visible: tuple = CT_VISIBLE):
   """The fitted regressor of ct_only_scores for one site and set of visible columns
   (deterministic, so cached)."""
   from sklearn.ensemble import HistGradientBoostingRegressor
-  n_site = sum(P.SITES[site]['patients'])
-  ref = cohort.sample_cohort(1e-6, seed, labeled_scale=patients / n_site,
-                             cohort=cohort_name, sites=[site])
-  ref = ref[ref.split != 'pretrain'].reset_index(drop=True)
-  target, _ = oracle_scores(ref)
+  ref, target = _reference(cohort_name, site, patients, seed)
   reg = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, random_state=0)
   return reg.fit(ref[list(visible)].to_numpy(float), target)
 

@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -368,9 +369,15 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
     preds['oracle'] = oracle_predictions(rows)
     cohort_name = data_cohort(data_dir)
     if cohort_name is not None:
+      t0 = time.time()
+      if progress:
+        print(f'[oracle] CT-only and density-reader oracles: {ct_only_patients} reference '
+              f'patients per site drawn and scored, one regressor each per site', flush=True)
       preds['oracle_ct_only'] = ct_only_oracle_predictions(rows, cohort_name, ct_only_patients)
       preds['oracle_hu'] = ct_only_oracle_predictions(rows, cohort_name, ct_only_patients,
                                                       oracle.HU_VISIBLE)
+      if progress:
+        print(f'[oracle] done in {(time.time() - t0) / 60:.1f} min', flush=True)
   for name, p in preds.items():
     diagnosis.write_predictions(p, os.path.join(out_dir, f'{name}.csv'))
   if report:
