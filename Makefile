@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 BUILD_PREREQS := numpy setuptools wheel versioneer
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 WORKDIR ?= runs/default
+# XLA's compiled programs are kept on disk and reused by later processes (the test suite's
+# subprocesses, a resumed or repeated run); `make clean` removes them.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
 .PHONY: run test test-slow setup clean
 setup: $(STAMP)
@@ -35,4 +38,4 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .cache

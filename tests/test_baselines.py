@@ -2,6 +2,7 @@
 pyradiomics itself, the oracle against osteojax.data.oracle, the whole run on a mini data set."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import SimpleITK as sitk
 
 from osteojax.diagnosis import baselines
 from osteojax.data import cohort, oracle, osteosim, phantom
+from osteojax.data import io as dio
 from osteojax.data import params as P
 from osteojax.evaluate import diagnosis
 
@@ -144,6 +146,22 @@ def test_radiomics_features_equal_pyradiomics_and_are_cached(mini, tmp_path, mon
   monkeypatch.setattr(baselines, '_extractor', lambda: calls.append(1) or real())
   baselines.radiomics_features(root, rows, cache, progress=False)
   assert calls == [1]
+
+
+def test_radiomics_in_worker_processes_equal_one_process(mini, tmp_path):
+  """Two worker processes give the features of one; a bad file read in a worker is the same
+  one-line OsteoDataError the parent would raise."""
+  root, df = mini
+  rows = df.iloc[:20]                                   # two chunks
+  one = baselines.radiomics_features(root, rows, progress=False, workers=1)
+  two = baselines.radiomics_features(root, rows, progress=False, workers=2)
+  pd.testing.assert_frame_equal(one, two)
+  bad = tmp_path / 'bad'
+  shutil.copytree(root, bad)
+  (bad / rows.path.iloc[18]).write_bytes(b'not an image')
+  with pytest.raises(dio.OsteoDataError, match=rows.path.iloc[18].split('/')[-1]) as e:
+    baselines.radiomics_features(str(bad), rows, progress=False, workers=2)
+  assert '\n' not in str(e.value)
 
 
 def test_radiomics_model_on_separable_features():

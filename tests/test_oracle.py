@@ -1,5 +1,6 @@
 """The oracle's analytic posterior against Monte Carlo draws of the generator's own DXA noise."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from osteojax.data import cohort, oracle
@@ -102,3 +103,15 @@ def test_density_reader_oracle_sees_only_the_mixed_hu(labeled_rows):
                              hu[:50])
   assert not np.allclose(oracle.ct_only_scores(other.iloc[:50], 'paper', patients=4000),
                          ct[:50])
+
+
+def test_womens_rows_skip_only_zero_weight_nodes(labeled_rows):
+  """An all-women chunk is integrated over the nodes with weight (no facet sclerosis in
+  women); the same rows inside a mixed chunk, over every node, give the same posteriors."""
+  women = labeled_rows[labeled_rows.sex == 'F'].iloc[:20]
+  men = labeled_rows[labeled_rows.sex == 'M'].iloc[:5]
+  alone = oracle.conditional_probabilities(women)
+  mixed = oracle.conditional_probabilities(
+      pd.concat([men, women]).iloc[::-1])       # one chunk, both sexes
+  np.testing.assert_allclose(mixed[::-1][5:], alone, rtol=1e-12, atol=1e-15)
+  assert 0 < alone.mean() < 1

@@ -88,3 +88,26 @@ def test_ema_update_by_hand():
   # sgd 0.5 on (w - 2)^2: w 0 -> 2 -> 2; ema 0 -> 0.25 * 2 = 0.5 -> 0.75 * 0.5 + 0.25 * 2 = 0.875
   assert float(out.params['w']) == pytest.approx(2.0)
   assert float(out.averaged()['params']['w']) == pytest.approx(0.875)
+
+
+def test_multitask_selection_score_by_hand():
+  """finetune.selection_metrics: AUC + BMD R^2, each computed by hand; 'auc' ignores BMD."""
+  from osteojax.diagnosis import finetune
+  y = [0, 0, 1, 1]
+  prob = [0.1, 0.6, 0.4, 0.9]            # pairs (pos > neg): 3 of 4 -> AUC 0.75
+  bmd = np.array([1.0, 0.9, 0.7, 0.6])
+  good = bmd + np.array([0.05, -0.05, 0.05, -0.05])   # SS_res 0.01, SS_tot 0.1 -> R^2 0.9
+  bad = np.full(4, 1.2)                  # SS_res 0.04+0.09+0.25+0.36 = 0.74 -> R^2 -6.4
+  m = finetune.selection_metrics(y, prob, bmd, good)
+  assert m['auc'] == pytest.approx(0.75) and m['bmd_r2'] == pytest.approx(0.9)
+  assert m['bmd_mae'] == pytest.approx(0.05) and m['score'] == pytest.approx(1.65)
+  assert finetune.selection_metrics(y, prob, bmd, bad)['score'] == pytest.approx(0.75 - 6.4)
+  # a slightly better AUC does not buy a BMD head that has stopped working
+  sharper = [0.1, 0.3, 0.4, 0.9]         # AUC 1
+  assert (finetune.selection_metrics(y, sharper, bmd, bad)['score']
+          < finetune.selection_metrics(y, prob, bmd, good)['score'])
+  only = finetune.selection_metrics(y, prob, bmd, bad, select='auc')
+  assert only['score'] == pytest.approx(0.75) and only['bmd_r2'] == pytest.approx(-6.4)
+  assert finetune.selection_metrics(y, prob)['score'] == pytest.approx(0.75)
+  with pytest.raises(ValueError, match='config.select'):
+    finetune.selection_metrics(y, prob, select='loss')

@@ -61,8 +61,8 @@ def summarise(wd) -> dict:
     h = json.load(f)
   e = h['entries']
   best = [x for x in e if x['step'] == h['best_step']][0]
-  auc = [x['score'] for x in e]
-  return dict(best_auc=best['score'], late_auc=float(np.mean(auc[len(auc) // 2:])),
+  auc = [x.get('auc', x['score']) for x in e]     # 'score' is the AUC in older histories
+  return dict(best_auc=best.get('auc', best['score']), late_auc=float(np.mean(auc[len(auc) // 2:])),
               best_epoch=e.index(best) + 1, epochs=len(e), bmd_mae=best.get('bmd_mae'))
 
 

@@ -83,9 +83,10 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
       with open(os.path.join(wd, 'config.json'), encoding='utf-8') as fh:
         every = json.load(fh).get('eval_every_epochs', 1)
       ep = [every * (i + 1) for i in range(len(h['entries']))]
-      line, = ax.plot(ep, [e['score'] for e in h['entries']], lw=1, label=f'seed {seed}')
+      auc = [e.get('auc', e['score']) for e in h['entries']]   # older histories: score = AUC
+      line, = ax.plot(ep, auc, lw=1, label=f'seed {seed}')
       k = [e['step'] for e in h['entries']].index(h['best_step'])
-      ax.plot(ep[k], h['entries'][k]['score'], 'o', ms=4, c=line.get_color())
+      ax.plot(ep[k], auc[k], 'o', ms=4, c=line.get_color())
     ax.set(title=row, xlabel='epoch')
     ax.title.set_fontsize(8)
   axes[0][0].set_ylabel('validation vertebra AUC')

@@ -40,6 +40,9 @@ class OsteoDataError(Exception):
     self.problem = ' '.join(str(problem).split())
     super().__init__(f'{self.path}: {self.problem}')
 
+  def __reduce__(self):                 # raised in a worker process, re-raised in its parent
+    return type(self), (self.path, self.problem)
+
 
 def run_cli(main, argv=None):
   """Run main(argv); an OsteoDataError becomes `error: <file>: <problem>` and exit status 2."""

@@ -61,11 +61,18 @@ def conditional_probabilities(df: pd.DataFrame, device_col: str = 'device') -> n
   """
   r, _ = _residual_nodes()
   out = np.zeros((len(df), len(r)))
+  female = (df.sex == 'F').to_numpy()
+  # Women's facet-sclerosis nodes have weight 0 (_elevations' columns past 1 + _N_U): their
+  # rows are integrated over the first 1 + _N_U nodes alone, the same sum at a tenth the cost.
+  order = np.concatenate([np.flatnonzero(female), np.flatnonzero(~female)])
   for start in range(0, len(df), 512):
-    d = df.iloc[start:start + 512]
+    rows = order[start:start + 512]
+    d = df.iloc[rows]
     abmd = d.abmd_true.to_numpy(float)
-    delta, w = _elevations(abmd, d.age.to_numpy(float), d.level.to_numpy(),
-                           d.sex.to_numpy() == 'F')
+    is_f = d.sex.to_numpy() == 'F'
+    delta, w = _elevations(abmd, d.age.to_numpy(float), d.level.to_numpy(), is_f)
+    if is_f.all():
+      delta, w = delta[:, :1 + _N_U], w[:, :1 + _N_U]
     dev = d[device_col].to_numpy()
     slope = np.array([P.DEVICES[x]['slope'] for x in dev])
     icpt = np.array([P.DEVICES[x]['intercept'] for x in dev])
@@ -74,7 +81,7 @@ def conditional_probabilities(df: pd.DataFrame, device_col: str = 'device') -> n
     thr = np.array([m + P.OSTEOPOROSIS_T * s for m, s in ref])
     mean = slope[:, None] * abmd[:, None] * (1 + delta) + icpt[:, None]        # [n, K]
     z = (thr[:, None, None] / (mean[:, :, None] * (1 + r[None, None, :])) - 1) / cv[:, None, None]
-    out[start:start + len(d)] = np.einsum('nk,nkr->nr', w, special.ndtr(z))
+    out[rows] = np.einsum('nk,nkr->nr', w, special.ndtr(z))
   return out
 
 

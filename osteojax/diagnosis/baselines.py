@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing as mp
 import os
 import time
 from typing import Sequence
@@ -205,13 +206,31 @@ def _extractor():
   return ex
 
 
+PARALLEL_MIN_ROIS = 256
+
+
+def _radiomics_chunk(job) -> list[dict]:
+  """Features of a chunk of manifest rows (data_dir, rows); a worker process's unit."""
+  data_dir, rows = job
+  ex = _extractor()
+  out = []
+  for row in rows:
+    img, mask = _read_pair(data_dir, row)
+    res = ex.execute(img, mask)
+    out.append({k[len('original_'):]: float(v) for k, v in res.items()
+                if k.startswith('original_')})
+  return out
+
+
 def radiomics_features(data_dir: str, rows: pd.DataFrame, cache_dir: str | None = None,
-                       progress: bool = True) -> pd.DataFrame:
+                       progress: bool = True, workers: int = 0) -> pd.DataFrame:
   """pyradiomics features of each manifest row: roi_id + one column per feature.
 
   With cache_dir, features are kept in cache_dir/radiomics_<settings digest>.csv, keyed by
   roi_id and the image and mask files' (path, size, mtime): only new or changed ROIs are
-  computed, and the cache is rewritten atomically after them.
+  computed, and the cache is rewritten atomically after them. workers: processes
+  (pyradiomics runs on one core); 0: every core once there are PARALLEL_MIN_ROIS ROIs to
+  compute (a worker takes seconds to start), else this process.
   """
   cache, path = None, None
   if cache_dir:
@@ -225,13 +244,23 @@ def radiomics_features(data_dir: str, rows: pd.DataFrame, cache_dir: str | None 
           or cache.at[r['roi_id'], 'fingerprint'] != prints[r['roi_id']]]
   new = []
   if todo:
-    ex = _extractor()
-    for row in prog.bar(todo, desc='radiomics', unit='roi', disable=not progress):
-      img, mask = _read_pair(data_dir, row)
-      res = ex.execute(img, mask)
-      feats = {k[len('original_'):]: float(v) for k, v in res.items()
-               if k.startswith('original_')}
-      new.append(dict(roi_id=row['roi_id'], fingerprint=prints[row['roi_id']], **feats))
+    chunk = 16
+    jobs = [(data_dir, [dict(r) for r in todo[i:i + chunk]]) for i in range(0, len(todo), chunk)]
+    if not workers:
+      workers = (os.cpu_count() or 1) if len(todo) >= PARALLEL_MIN_ROIS else 1
+    workers = min(workers, len(jobs))
+    bar = prog.bar(total=len(todo), desc='radiomics', unit='roi', disable=not progress)
+    pool = mp.get_context('spawn').Pool(workers) if workers > 1 else None
+    try:
+      results = pool.imap(_radiomics_chunk, jobs) if pool else map(_radiomics_chunk, jobs)
+      for (_, part), feats in zip(jobs, results):
+        new += [dict(roi_id=r['roi_id'], fingerprint=prints[r['roi_id']], **f)
+                for r, f in zip(part, feats)]
+        bar.update(len(part))
+    finally:
+      if pool:
+        pool.terminate()
+      bar.close()
   table = pd.DataFrame(new).set_index('roi_id') if new else None
   if cache is not None:
     table = cache if table is None else pd.concat([cache.drop(table.index, errors='ignore'),

@@ -224,10 +224,11 @@ def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
   """
   rows = pools.rows
   dev = device_index(rows.device)
+  fn = make_predict_fn(model)                   # compiled once for every chunk
   parts = []
   for i in range(0, len(pools), 256):           # bounded memory on large splits
     idx = np.arange(i, min(i + 256, len(pools)))
-    parts.append(predict(model, variables, pools.read(idx)[:, 0], dev[idx], batch))
+    parts.append(predict(model, variables, pools.read(idx)[:, 0], dev[idx], batch, fn=fn))
   o = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   df = rows[[c for c in ID_COLUMNS if c in rows]].copy()
   df['prob'] = o['prob']
@@ -277,20 +278,43 @@ def _optim(config, steps_per_epoch):
 
 
 # ------------------------------------------------------------------------------------ task
-def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool):
-  """eval_fn(state) for lib.fit: vertebra AUC (score, all sites pooled) and BMD MAE on pools."""
+SELECT_RULES = ('auc', 'auc+bmd_r2')
+
+
+def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2') -> dict:
+  """Validation metrics of one evaluation and its checkpoint score (higher is better).
+
+  score is the vertebra AUC ('auc') or, when BMD is predicted, the AUC plus the BMD R^2
+  ('auc+bmd_r2'): both are 1 when perfect, so neither task's best epoch is kept at the other's
+  expense (the AUC alone once kept an epoch whose BMD R^2 was below 0).
+  """
+  if select not in SELECT_RULES:
+    raise ValueError(f'config.select {select!r} is not one of {SELECT_RULES}')
+  out = dict(auc=metrics.auc(y, prob), loss_class=metrics.log_loss(y, prob))
+  out['score'] = out['auc']
+  if bmd_pred is not None:
+    r = metrics.regression_metrics(bmd, bmd_pred)
+    out['bmd_mae'], out['bmd_r2'] = r['mae'], r['r2']
+    if select == 'auc+bmd_r2':
+      out['score'] = out['auc'] + r['r2']
+  return out
+
+
+def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
+                  select: str = 'auc+bmd_r2'):
+  """eval_fn(state) for lib.fit: selection_metrics on pools (all sites pooled)."""
+  selection_metrics([0, 1], [0, 1], select=select)           # an unknown rule fails here
   y = pools.rows.label.astype(int).to_numpy()
   images = pools.read(range(len(pools)))[:, 0]
   dev = device_index(pools.rows.device)
+  forward = make_predict_fn(model)     # one compilation serves every evaluation
 
   def fn(state):
-    variables = state.averaged()
-    o = predict(model, variables, images, dev)
-    out = dict(score=metrics.auc(y, o['prob']), loss_class=metrics.log_loss(y, o['prob']))
-    if with_bmd:
-      bmd = unstandardise_bmd(o['bmd_z'], pools.rows.device, stats)
-      out['bmd_mae'] = float(np.mean(np.abs(bmd - pools.rows.bmd.to_numpy(float))))
-    return out
+    o = predict(model, state.averaged(), images, dev, fn=forward)
+    if not with_bmd:
+      return selection_metrics(y, o['prob'], select=select)
+    return selection_metrics(y, o['prob'], pools.rows.bmd.to_numpy(float),
+                             unstandardise_bmd(o['bmd_z'], pools.rows.device, stats), select)
 
   return fn
 
@@ -304,10 +328,13 @@ def plot_validation(workdir: str, steps_per_epoch: int) -> str:
     h = json.load(f)
   ep = np.array([e['step'] for e in h['entries']]) / steps_per_epoch
   fig, ax = plt.subplots(figsize=(5, 3.2))
-  ax.plot(ep, [e['score'] for e in h['entries']], 'o-', label='validation AUC')
+  ax.plot(ep, [e.get('auc', e['score']) for e in h['entries']], 'o-', label='validation AUC')
+  if all('bmd_r2' in e for e in h['entries']):
+    ax.plot(ep, [e['bmd_r2'] for e in h['entries']], '^-', c='tab:green', ms=4,
+            label='validation BMD R$^2$')
   best = [e for e in h['entries'] if e['step'] == h['best_step']][0]
   ax.axvline(best['step'] / steps_per_epoch, ls=':', c='grey', label='kept')
-  ax.set(xlabel='epoch', ylabel='vertebra AUC (validation)')
+  ax.set(xlabel='epoch', ylabel='vertebra AUC / BMD R$^2$ (validation)')
   ax2 = ax.twinx()
   ax2.plot(ep, [e['loss_class'] for e in h['entries']], 's--', c='tab:red', ms=3,
            label='validation class loss')
@@ -355,7 +382,8 @@ def run(config, workdir: str):
                   make_batch=make_batch, total_steps=total, seed=config.seed,
                   batch_size=config.batch_size, log_every=config.log_every,
                   ckpt_every=config.ckpt_every, lr_fn=lib.make_schedule(optim, total),
-                  name='finetune', eval_fn=validation_fn(model, valid, stats, with_bmd),
+                  name='finetune', eval_fn=validation_fn(model, valid, stats, with_bmd,
+                                                        config.get('select', 'auc+bmd_r2')),
                   eval_every=eval_every)
   evals = lib.primary_first(
       lambda: pool_data.ensure_pool(config, ('valid', 'test'), progress=False), 'pool')
