@@ -31,7 +31,8 @@ def get_config(arg=None):
   c.finetune = finetune.get_config(arg)
   c.data = c.finetune.data.copy_and_resolve_references()   # shared by every stage
   c.compare = ml_collections.ConfigDict(dict(
-      ct_only_patients=1000 if arg == 'tiny' else 20000))   # reference draws per site
+      ct_only_patients=1000 if arg == 'tiny' else 20000,    # reference draws per site
+      background=True))   # baselines in a thread while the model trains (one process only)
   for stage in (c.osteosim, c.pretrain, c.finetune):
     del stage['data']
   return c

@@ -27,7 +27,7 @@ def main(encoder: str, steps: int = 3):
   mri = rng.random((8, 24, 16, 2)).astype(np.float32)
   model = encoders.build_model(config)
   state = train.init_state(config, model, dxa.shape[1:], mri.shape[1:], 10)
-  p_state = flax.jax_utils.replicate(state)
+  p_state = lib.replicate(state)
   step = lib.make_train_step(train.make_loss_fn(config, model))
   losses = []
   for s in range(steps):

@@ -30,7 +30,7 @@ def main_finetune(steps: int = 3):
   data['class_weight'] = finetune.class_weights(data['label'], 'balanced')
   model = finetune.build_model(config)
   state = finetune.init_state(config, model, (16, 16, 16), finetune._optim(config, 2), 10)
-  p_state = flax.jax_utils.replicate(state)
+  p_state = lib.replicate(state)
   step = lib.make_train_step(finetune.make_loss_fn(config, model))
   losses = []
   for s in range(steps):
@@ -56,7 +56,7 @@ def main(views: str, steps: int = 4):
   model = pretrain.build_model(config)
   optim = pretrain.optimizer_config(config, 2)
   state = pretrain.init_state(config, model, data.shape[2:], optim, 10)
-  p_state = flax.jax_utils.replicate(state)
+  p_state = lib.replicate(state)
   step = lib.make_train_step(pretrain.make_loss_fn(config, model, steps_per_epoch=2),
                              post_update=pretrain.post_update)
   losses = []

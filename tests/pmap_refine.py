@@ -23,7 +23,7 @@ def main(steps: int = 3):
   src, tgt, params = refine.generated_pairs(d, 8, d.seed)
   model = refine.build_model(config)
   state = refine.init_state(config, model, src.shape[1:], 10)
-  p_state = flax.jax_utils.replicate(state)
+  p_state = lib.replicate(state)
   step = lib.make_train_step(refine.make_loss_fn(config, model))
   losses = []
   for s in range(steps):

@@ -22,7 +22,7 @@ def main(steps: int = 3):
   data = segment.shapes(8, (16, 16), 2, 0.3, seed=0)
   model = segment.build_model(config)
   state = segment.init_state(config, model, data.images.shape[1:], 10)
-  p_state = flax.jax_utils.replicate(state)
+  p_state = lib.replicate(state)
   step = lib.make_train_step(segment.make_loss_fn(config, model))
   losses = []
   for s in range(steps):

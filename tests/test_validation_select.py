@@ -80,7 +80,7 @@ def test_ema_update_by_hand():
   s = lib.TrainState.create_with_ema(apply_fn=None, params={'w': jnp.zeros(())},
                                      tx=optax.sgd(0.5), batch_stats={}, ema_decay=0.75)
   step = lib.make_train_step(_loss)
-  p = flax.jax_utils.replicate(s)
+  p = lib.replicate(s)
   batch = lib.shard({'target': np.full((1,), 2.0, np.float32)})
   p, _ = step(p, batch, jax.random.PRNGKey(0))
   p, _ = step(p, batch, jax.random.PRNGKey(0))
@@ -111,3 +111,39 @@ def test_multitask_selection_score_by_hand():
   assert finetune.selection_metrics(y, prob)['score'] == pytest.approx(0.75)
   with pytest.raises(ValueError, match='config.select'):
     finetune.selection_metrics(y, prob, select='loss')
+
+
+def test_a_replicated_state_compiles_the_step_once():
+  """lib.replicate lays the state out as the step's outputs are, so the second call reuses the
+  first call's program; flax's replicas alone make the second call compile again."""
+  import flax
+  import jax
+  from jax import monitoring
+  compiles = []
+
+  def on_duration(name, secs, **kw):
+    if name == '/jax/core/compile/backend_compile_duration':
+      compiles.append(name)
+
+  def on_event(name, **kw):
+    if name == '/jax/compilation_cache/cache_hits':        # a program loaded from disk
+      compiles.append(name)
+
+  monitoring.register_event_duration_secs_listener(on_duration)
+  monitoring.register_event_listener(on_event)
+  try:
+    batch = lib.shard({'target': np.full((1,), 2.0, np.float32)})
+    key = jax.random.PRNGKey(0)
+    counts = {}
+    for name, rep in (('lib', lib.replicate), ('flax', flax.jax_utils.replicate)):
+      step = lib.make_train_step(_loss)
+      p = rep(_state())
+      p, _ = step(p, batch, key)
+      first = len(compiles)
+      p, _ = step(p, batch, key)
+      p, _ = step(p, batch, key)
+      counts[name] = len(compiles) - first
+  finally:
+    monitoring.unregister_event_duration_listener(on_duration)
+    monitoring.unregister_event_listener(on_event)
+  assert counts == {'lib': 0, 'flax': 1}

@@ -3,8 +3,8 @@ paper's input size. Prints one JSON line.
 
   python tools/bench_train_step.py [--sizes 32 64] [--batch 8] [--steps 3] [--conv lax im2col]
 
-Each entry: step time (s, median of --steps warm steps; the two compiling warm-up calls are
-excluded and reported as first_step_s), and
+Each entry: step time (s, median of --steps warm steps; the two warm-up calls, the first of
+which compiles, are excluded and reported as first_step_s), and
 examples/s (vertebrae per second; each vertebra gives two views through the encoder), for each
 convolution implementation (models/resnet3d.Conv3D: 'lax' is XLA's convolution, the reference;
 'im2col' the matrix-product / space-to-depth form, 'auto' picks per backend), with each one's
@@ -40,13 +40,13 @@ def bench(widths, size, batch, steps, conv='auto'):
   optim = pretrain.optimizer_config(config, 10)
   state = pretrain.init_state(config, model, (size,) * 3, optim, 100)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  p_state = flax.jax_utils.replicate(state)
+  p_state = lib.replicate(state)
   step = lib.make_train_step(pretrain.make_loss_fn(config, model),
                              post_update=pretrain.post_update)
   data = np.random.default_rng(0).random((batch, 5) + (size,) * 3).astype(np.float32)
   batch_ = lib.shard({'pool': data})
   t = time.perf_counter()
-  for _ in range(2):   # the second call compiles again (donated, committed buffers)
+  for _ in range(2):   # the first call compiles (lib.replicate: the second does not)
     p_state, m = step(p_state, batch_, jax.random.PRNGKey(0))
     jax.block_until_ready(m)
   first = time.perf_counter() - t

@@ -10,6 +10,10 @@
             oracle) on the same test split:
             tables and overlaid ROC curves (osteojax/diagnosis/baselines.py, cached)
 
+The baselines need the data alone, so on one process they run in a background thread while the
+model trains (config.compare.background; their progress lines interleave with training's): they
+fill the cores that compilation and the host side of training leave idle.
+
 Each stage is an ordinary task (osteojax/tasks.py) with its own config section (config.pretrain,
 config.finetune); config.data is shared by all of them. Every stage caches or resumes, so a
 second run (or a run after an interruption) redoes only what is missing.
@@ -17,7 +21,10 @@ second run (or a run after an interruption) redoes only what is missing.
 from __future__ import annotations
 
 import os
+import threading
 import time
+
+import jax
 
 from osteojax import tasks
 from osteojax.diagnosis import baselines
@@ -28,10 +35,41 @@ from osteojax.evaluate import diagnosis
 MODEL = 'tpswav_unified_moe'
 
 
-def compare(preds, data_dir: str, workdir: str, ct_only_patients: int = 20000) -> dict:
-  """The model beside the baselines and oracles on the same split: <workdir>/compare."""
-  rows = baselines.run_baselines(data_dir, os.path.join(workdir, 'baselines'), report=False,
+def _baselines(data_dir: str, workdir: str, ct_only_patients: int) -> dict:
+  return baselines.run_baselines(data_dir, os.path.join(workdir, 'baselines'), report=False,
                                  progress=True, ct_only_patients=ct_only_patients)
+
+
+class _Background:
+  """fn(*args) in a daemon thread; result() returns its value or raises its exception. A
+  daemon thread: a failed or interrupted training run exits without waiting for it."""
+
+  def __init__(self, fn, *args):
+    self._out, self._err = None, None
+
+    def target():
+      try:
+        self._out = fn(*args)
+      except BaseException as e:      # re-raised in the caller by result()
+        self._err = e
+
+    self._thread = threading.Thread(target=target, name='baselines', daemon=True)
+    self._thread.start()
+
+  def result(self):
+    self._thread.join()
+    if self._err is not None:
+      raise self._err
+    return self._out
+
+
+def compare(preds, data_dir: str, workdir: str, ct_only_patients: int = 20000,
+            rows: dict | None = None) -> dict:
+  """The model beside the baselines and oracles on the same split: <workdir>/compare.
+
+  rows: the baselines' predictions if already computed (else run_baselines runs here).
+  """
+  rows = _baselines(data_dir, workdir, ct_only_patients) if rows is None else rows
   models = {MODEL: preds, **rows}
   out = os.path.join(workdir, 'compare')
   summary = diagnosis.write_report(models, out, base=MODEL)
@@ -57,14 +95,18 @@ def run(config, workdir: str):
   t0 = time.time()
   data = stage_config(config, 'osteosim')
   tasks.run(data, os.path.join(workdir, 'data'))
-  pre = stage_config(config, 'pretrain')
-  tasks.run(pre, os.path.join(workdir, 'pretrain'))
   ft = stage_config(config, 'finetune')
   with ft.unlocked():
     ft.init.checkpoint = os.path.join(workdir, 'pretrain')
+  cmp = config.get('compare', {})
+  patients = cmp.get('ct_only_patients', 20000)
+  data_dir = data_task.data_dir(ft)
+  background = None
+  if cmp.get('background', True) and jax.process_count() == 1:
+    background = _Background(_baselines, data_dir, workdir, patients)
+  tasks.run(stage_config(config, 'pretrain'), os.path.join(workdir, 'pretrain'))
   preds = tasks.run(ft, os.path.join(workdir, 'finetune'))
-  compare(preds, data_task.data_dir(ft), workdir,
-          config.get('compare', {}).get('ct_only_patients', 20000))
+  compare(preds, data_dir, workdir, patients, background.result() if background else None)
   print(f'[pipeline] data -> TP-SwAV pre-training -> MoE fine-tuning -> evaluation in '
         f'{(time.time() - t0) / 60:.1f} min; outputs in {workdir}/ (tensorboard --logdir '
         f'{workdir})', flush=True)

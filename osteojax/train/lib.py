@@ -129,6 +129,22 @@ def make_train_step(loss_fn: Callable, axis: str = AXIS,
   return jax.pmap(step, axis_name=axis, in_axes=(0, 0, None), donate_argnums=0)
 
 
+# The identity as a pmapped program: its outputs carry the sharding a pmapped step's outputs
+# have. copy() keeps each output a new buffer (an output that is its input keeps the input's).
+_pmap_identity = jax.pmap(lambda t: jax.tree_util.tree_map(lambda x: x.copy(), t),
+                          axis_name=AXIS)
+
+
+def replicate(tree):
+  """flax.jax_utils.replicate(tree), laid out as a pmapped step's outputs are.
+
+  The first call of a step on flax's replicas would otherwise compile it a second time at the
+  next call: the inputs' sharding (over device_put's mesh axis) is part of what a pmapped
+  program is compiled for, and the step's own outputs come back on the pmap axis.
+  """
+  return _pmap_identity(flax.jax_utils.replicate(tree))
+
+
 def shard(batch):
   """Host batch [B, ...] -> [local_devices, B // local_devices, ...]."""
   n = jax.local_device_count()
@@ -364,7 +380,7 @@ def fit(*, workdir: str, state: TrainState, loss_fn: Callable, make_batch: Calla
     history.truncate(start)
   if start:
     print(f'[{name}] resumed from step {start} ({ckpt.directory})', flush=True)
-  p_state = flax.jax_utils.replicate(state)
+  p_state = replicate(state)
   p_step = make_train_step(loss_fn, post_update=post_update)
   rng = jax.random.PRNGKey(seed)
   batches = Prefetch(make_batch, start, total_steps)
