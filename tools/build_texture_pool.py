@@ -43,7 +43,7 @@ def parse_args(argv):
   p.add_argument('--symmetricalGLCM', type=_bool, default=True)
   p.add_argument('--weightingNorm', default=None)
   p.add_argument('--batch-size', type=int, default=4, help='ROIs per vmapped batch')
-  p.add_argument('--chunk', type=int, default=32, help='ROIs read ahead per compute round')
+  p.add_argument('--chunk', type=int, default=128, help='ROIs read ahead per compute round')
   p.add_argument('--workers', type=int, default=2, help='reader threads')
   p.add_argument('--keep-going', action='store_true', help='skip bad ROIs instead of stopping')
   p.add_argument('--no-progress', action='store_true')

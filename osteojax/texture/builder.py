@@ -148,7 +148,7 @@ def write_manifest(out: str, rows: List[Dict[str, str]]) -> bool:
 
 
 def build_pool(rows: List[Dict[str, str]], out: str, settings: GLCMSettings,
-               batch_size: int = 4, chunk: int = 32, workers: int = 2,
+               batch_size: int = 4, chunk: int = 128, workers: int = 2,
                keep_going: bool = False, progress: bool = True) -> int:
   """Compute (or reuse) the pool of every row into `out`; returns 0, or 1 if an ROI failed.
 

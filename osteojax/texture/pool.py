@@ -112,9 +112,9 @@ def texture_maps(rois: Iterable[Roi], settings: GLCMSettings = GLCMSettings(),
 
   rois: iterable of (image [*S_i], mask [*S_i], spacing [ndim]); every mask non-empty.
   Returns a list of [4, *S_i] float32 numpy arrays (FEATURES order), equal to
-  `glcm_maps` on each full ROI.  Batches of `batch_size` per bucket shape (the last batch
-  is padded with empty ROIs up to a power of two, so a bucket compiles at most
-  log2(batch_size) + 1 times and little work is wasted on padding).
+  `glcm_maps` on each full ROI.  Batches of `batch_size` per bucket shape, the last one
+  padded with empty ROIs, so that each bucket shape compiles once (a compilation costs as much
+  as ~100 ROIs of 32^3 on a CPU; pass many ROIs per call to keep the padding small).
   """
   rois = list(rois)
   r = settings.kernelRadius
@@ -128,7 +128,7 @@ def texture_maps(rois: Iterable[Roi], settings: GLCMSettings = GLCMSettings(),
   for shape, members in groups.items():
     for b0 in range(0, len(members), batch_size):
       chunk = members[b0:b0 + batch_size]
-      nb = min(batch_size, 1 << (len(chunk) - 1).bit_length())
+      nb = batch_size
       imgs = np.zeros((nb,) + shape, np.float32)
       msks = np.zeros((nb,) + shape, np.uint8)
       sups = np.zeros((nb,) + shape, bool)
