@@ -138,7 +138,8 @@ def build_model(config) -> moe.DiagnosisModel:
 
 def init_variables(config, model, input_shape):
   x = jnp.zeros((2,) + tuple(input_shape) + (1,), jnp.float32)
-  return model.init(jax.random.PRNGKey(config.seed), x, jnp.zeros((2,), jnp.int32), train=False)
+  return jax.jit(lambda k, v, d: model.init(k, v, d, train=False))(   # one compilation
+      jax.random.PRNGKey(config.seed), x, jnp.zeros((2,), jnp.int32))
 
 
 def load_pretrained_encoder(pre_workdir: str, params, batch_stats, input_shape):
