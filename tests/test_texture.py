@@ -13,6 +13,7 @@ import pytest
 
 from osteojax.texture import FEATURES, GLCMSettings, discretize, glcm_angles, glcm_maps
 from osteojax.texture import glcm as glcm_lib
+from osteojax.texture import pool as pool_lib
 from osteojax.texture.reference import pyradiomics_maps
 
 RTOL = 1e-5
@@ -290,3 +291,16 @@ def test_parity_on_osteosim_vertebra():
   assert image[mask > 0].mean() > image[mask == 0].mean() + 50   # bone inside, tissue around
   assert_parity(image, mask, spacing, GLCMSettings(binWidth=25))
   assert_parity(image, mask, spacing, GLCMSettings(binWidth=10, maskedKernel=False))
+
+
+def test_merge_buckets_by_hand():
+  """A bucket moves into the smallest containing one when padding costs less than a compile;
+  moves chain; buckets that nothing contains stay."""
+  a, b, c = (8, 8, 8), (8, 8, 16), (16, 16, 16)
+  counts = {a: 2, b: 3, c: 50}
+  # a -> b costs 2 * (1024 - 512) = 1024 voxels; then b (5 ROIs) -> c costs 5 * 3072 = 15360
+  assert pool_lib.merge_buckets(counts, 2000) == {a: b, b: b, c: c}
+  assert pool_lib.merge_buckets(counts, 20000) == {a: c, b: c, c: c}
+  assert pool_lib.merge_buckets(counts, 1000) == {a: a, b: b, c: c}
+  apart = {(16, 8, 8): 1, (8, 16, 8): 1}
+  assert pool_lib.merge_buckets(apart, 1e9) == {k: k for k in apart}

@@ -84,6 +84,30 @@ def bucket_shape(shape: Sequence[int], multiple: int = 8) -> Tuple[int, ...]:
   return tuple(n if n == 1 else -(-n // multiple) * multiple for n in shape)
 
 
+# What one compilation of glcm_maps_batch costs, in voxels of compute (2-core CPU: a
+# compilation takes about as long as ~100 ROIs of 32^3).
+COMPILE_COST_VOXELS = 100 * 32 ** 3
+
+
+def merge_buckets(counts: dict, compile_cost_voxels: float = COMPILE_COST_VOXELS) -> dict:
+  """{bucket shape: shape it is computed at}: a bucket moves into the smallest other bucket
+  that contains it (every axis >=) when padding its ROIs to that shape costs less compute
+  than compiling its own shape. counts: {bucket shape: number of ROIs}. Fewest ROIs first."""
+  target = {b: b for b in counts}
+  n = dict(counts)
+  for b in sorted(counts, key=lambda b: (counts[b], np.prod(b))):
+    hosts = [h for h in n if h != b and len(h) == len(b) and all(x >= y for x, y in zip(h, b))]
+    if not hosts:
+      continue
+    h = min(hosts, key=lambda h: np.prod(h))
+    if n[b] * (np.prod(h) - np.prod(b)) < compile_cost_voxels:
+      n[h] += n.pop(b)
+      for k, v in target.items():
+        if v == b:
+          target[k] = h
+  return target
+
+
 def max_gray_level(image: np.ndarray, mask: np.ndarray, settings: GLCMSettings) -> int:
   """Upper bound of the discretised gray levels of an ROI (host, numpy)."""
   if settings.binCount is not None:
@@ -114,16 +138,21 @@ def texture_maps(rois: Iterable[Roi], settings: GLCMSettings = GLCMSettings(),
   Returns a list of [4, *S_i] float32 numpy arrays (FEATURES order), equal to
   `glcm_maps` on each full ROI.  Batches of `batch_size` per bucket shape, the last one
   padded with empty ROIs, so that each bucket shape compiles once (a compilation costs as much
-  as ~100 ROIs of 32^3 on a CPU; pass many ROIs per call to keep the padding small).
+  as ~100 ROIs of 32^3 on a CPU; pass many ROIs per call to keep the padding small); a bucket
+  with few ROIs is computed at a larger one's shape when that costs less (merge_buckets).
   """
   rois = list(rois)
   r = settings.kernelRadius
   groups = collections.defaultdict(list)
   crops = []
-  for i, (image, mask, _) in enumerate(rois):
+  buckets = []
+  for image, mask, _ in rois:
     sl = crop_slices(mask, r)
     crops.append(sl)
-    groups[bucket_shape([s.stop - s.start for s in sl], multiple)].append(i)
+    buckets.append(bucket_shape([s.stop - s.start for s in sl], multiple))
+  shape_of = merge_buckets(collections.Counter(buckets))
+  for i, b in enumerate(buckets):
+    groups[shape_of[b]].append(i)
   out: List[np.ndarray] = [None] * len(rois)
   for shape, members in groups.items():
     for b0 in range(0, len(members), batch_size):
