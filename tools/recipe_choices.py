@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from osteojax.diagnosis import finetune
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What the variants share (the fine-tuning default when the sweep ran), so the table does not
@@ -61,8 +63,8 @@ def summarise(wd) -> dict:
     h = json.load(f)
   e = h['entries']
   best = [x for x in e if x['step'] == h['best_step']][0]
-  auc = [x.get('auc', x['score']) for x in e]     # 'score' is the AUC in older histories
-  return dict(best_auc=best.get('auc', best['score']), late_auc=float(np.mean(auc[len(auc) // 2:])),
+  auc = [finetune.validation_auc(x) for x in e]
+  return dict(best_auc=finetune.validation_auc(best), late_auc=float(np.mean(auc[len(auc) // 2:])),
               best_epoch=e.index(best) + 1, epochs=len(e), bmd_mae=best.get('bmd_mae'))
 
 

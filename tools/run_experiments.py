@@ -83,7 +83,7 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
       with open(os.path.join(wd, 'config.json'), encoding='utf-8') as fh:
         every = json.load(fh).get('eval_every_epochs', 1)
       ep = [every * (i + 1) for i in range(len(h['entries']))]
-      auc = [e.get('auc', e['score']) for e in h['entries']]   # older histories: score = AUC
+      auc = [finetune.validation_auc(e) for e in h['entries']]
       line, = ax.plot(ep, auc, lw=1, label=f'seed {seed}')
       k = [e['step'] for e in h['entries']].index(h['best_step'])
       ax.plot(ep[k], auc[k], 'o', ms=4, c=line.get_color())

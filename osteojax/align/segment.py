@@ -133,9 +133,9 @@ def init_state(config, model, image_shape, total_steps):
   # ~12 s on a 2-core CPU, rbg ~2 s (only the initial values differ)
   variables = jax.jit(lambda k, v: model.init(k, v, train=False))(
       jax.random.key(config.seed, impl='rbg'), x)
-  return lib.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                               tx=lib.make_optimizer(config.optim, total_steps),
-                               batch_stats=variables['batch_stats'])
+  return lib.create_state(apply_fn=model.apply, params=variables['params'],
+                          tx=lib.make_optimizer(config.optim, total_steps),
+                          batch_stats=variables['batch_stats'])
 
 
 def soft_dice_loss(logits, masks, num_classes: int, axis_name: str | None = lib.AXIS):

@@ -73,9 +73,9 @@ def init_state(config, model, dxa_shape, mri_shape, total_steps: int) -> lib.Tra
   v = jax.jit(lambda k, a, b: model.init(k, a, b, train=False))(      # one compilation
       jax.random.PRNGKey(config.seed), jnp.zeros((2,) + tuple(dxa_shape)),
       jnp.zeros((2,) + tuple(mri_shape)))
-  return lib.TrainState.create(apply_fn=model.apply, params=v['params'],
-                               tx=make_tx(config.optim, total_steps),
-                               batch_stats=v['batch_stats'])
+  return lib.create_state(apply_fn=model.apply, params=v['params'],
+                          tx=make_tx(config.optim, total_steps),
+                          batch_stats=v['batch_stats'])
 
 
 def make_loss_fn(config, model):

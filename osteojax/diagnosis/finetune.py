@@ -160,10 +160,10 @@ def init_state(config, model, input_shape, optim, total_steps) -> lib.TrainState
   params, stats = variables['params'], variables['batch_stats']
   if config.init.checkpoint:
     params, stats = load_pretrained_encoder(config.init.checkpoint, params, stats, input_shape)
-  return lib.TrainState.create_with_ema(apply_fn=model.apply, params=params,
-                                        tx=lib.make_optimizer(optim, total_steps),
-                                        batch_stats=stats,
-                                        ema_decay=config.optim.get('ema_decay', 0.0))
+  return lib.create_state(apply_fn=model.apply, params=params,
+                          tx=lib.make_optimizer(optim, total_steps),
+                          batch_stats=stats,
+                          ema_decay=config.optim.get('ema_decay', 0.0))
 
 
 def make_loss_fn(config, model):
@@ -254,10 +254,10 @@ def load(workdir: str):
     stats = json.load(f)
   model = build_model(config)
   template = init_variables(config, model, config.data.roi_shape)
-  state = lib.TrainState.create_with_ema(apply_fn=model.apply, params=template['params'],
-                                         tx=lib.make_optimizer(_optim(config, 1), 1),
-                                         batch_stats=template['batch_stats'],
-                                         ema_decay=config.optim.get('ema_decay', 0.0))
+  state = lib.create_state(apply_fn=model.apply, params=template['params'],
+                           tx=lib.make_optimizer(_optim(config, 1), 1),
+                           batch_stats=template['batch_stats'],
+                           ema_decay=config.optim.get('ema_decay', 0.0))
   if os.path.exists(os.path.join(workdir, lib.ValidationHistory.FILE)):
     history = lib.ValidationHistory(workdir)       # the checkpoint chosen on validation
     state, step = history.restore_best(state)
@@ -282,6 +282,12 @@ def _optim(config, steps_per_epoch):
 SELECT_RULES = ('auc', 'auc+bmd_r2')
 
 
+def check_select(select: str) -> str:
+  if select not in SELECT_RULES:
+    raise ValueError(f'config.select {select!r} is not one of {SELECT_RULES}')
+  return select
+
+
 def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2') -> dict:
   """Validation metrics of one evaluation and its checkpoint score (higher is better).
 
@@ -289,8 +295,7 @@ def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r
   ('auc+bmd_r2'): both are 1 when perfect, so neither task's best epoch is kept at the other's
   expense (the AUC alone once kept an epoch whose BMD R^2 was below 0).
   """
-  if select not in SELECT_RULES:
-    raise ValueError(f'config.select {select!r} is not one of {SELECT_RULES}')
+  check_select(select)
   out = dict(auc=metrics.auc(y, prob), loss_class=metrics.log_loss(y, prob))
   out['score'] = out['auc']
   if bmd_pred is not None:
@@ -304,7 +309,7 @@ def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r
 def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
                   select: str = 'auc+bmd_r2'):
   """eval_fn(state) for lib.fit: selection_metrics on pools (all sites pooled)."""
-  selection_metrics([0, 1], [0, 1], select=select)           # an unknown rule fails here
+  check_select(select)                  # an unknown rule fails before training starts
   y = pools.rows.label.astype(int).to_numpy()
   images = pools.read(range(len(pools)))[:, 0]
   dev = device_index(pools.rows.device)
@@ -320,6 +325,12 @@ def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
   return fn
 
 
+def validation_auc(entry: dict) -> float:
+  """The validation AUC of one validation.json entry (histories written before config.select
+  have only 'score', which was the AUC)."""
+  return entry.get('auc', entry['score'])
+
+
 def plot_validation(workdir: str, steps_per_epoch: int) -> str:
   """<workdir>/validation_curve.png: validation AUC (and class loss) against epochs."""
   import matplotlib
@@ -329,7 +340,7 @@ def plot_validation(workdir: str, steps_per_epoch: int) -> str:
     h = json.load(f)
   ep = np.array([e['step'] for e in h['entries']]) / steps_per_epoch
   fig, ax = plt.subplots(figsize=(5, 3.2))
-  ax.plot(ep, [e.get('auc', e['score']) for e in h['entries']], 'o-', label='validation AUC')
+  ax.plot(ep, [validation_auc(e) for e in h['entries']], 'o-', label='validation AUC')
   if all('bmd_r2' in e for e in h['entries']):
     ax.plot(ep, [e['bmd_r2'] for e in h['entries']], '^-', c='tab:green', ms=4,
             label='validation BMD R$^2$')

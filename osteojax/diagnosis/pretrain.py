@@ -98,15 +98,17 @@ def init_state(config, model, input_shape, optim, total_steps):
   """
   x = jnp.zeros((2,) + tuple(input_shape) + (1,), jnp.float32)
   # One compiled init (eager, each initializer op compiles on its own: 3-4x slower on CPU).
-  variables = jax.jit(lambda k, v: model.init(k, v, train=False))(
-      jax.random.PRNGKey(config.seed), x)
-  params = heads.normalize_prototypes(variables['params'])
-  stats = dict(variables['batch_stats'])
+  def init(k, v):
+    variables = model.init(k, v, train=False)
+    return heads.normalize_prototypes(variables['params']), variables['batch_stats']
+
+  params, stats = jax.jit(init)(jax.random.PRNGKey(config.seed), x)
+  stats = dict(stats)
   if config.swav.queue_length:
     stats['queue'] = jnp.zeros((config.swav.num_views, config.swav.queue_length,
                                 config.swav.proj_dim), jnp.float32)
-  return lib.TrainState.create(apply_fn=model.apply, params=params,
-                               tx=lib.make_optimizer(optim, total_steps), batch_stats=stats)
+  return lib.create_state(apply_fn=model.apply, params=params,
+                          tx=lib.make_optimizer(optim, total_steps), batch_stats=stats)
 
 
 def schedule_steps(config, steps_per_epoch: int) -> dict:

@@ -36,10 +36,10 @@ def conv3d_im2col(x, kernel, stride: int):
   keeps the program, and its compile time, small. The gradients are matrix products and
   slices too."""
   k, s = kernel.shape[0], stride
-  pads, outs = zip(*[(p[:2], p[2]) for p in (_same_pads(d, k, s) for d in x.shape[1:4])])
-  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  pads = [_same_pads(d, k, s) for d in x.shape[1:4]]       # (low, high, output size) per axis
+  x = jnp.pad(x, ((0, 0), *[(lo, hi) for lo, hi, _ in pads], (0, 0)))
   for axis in (3, 2, 1):           # W, H, D: the last stacked varies slowest in the channels
-    n = (outs[axis - 1] - 1) * s + 1
+    n = (pads[axis - 1][2] - 1) * s + 1
     views = [lax.slice_in_dim(x, i, i + n, s, axis) for i in range(k)]
     x = views[0] if k == 1 else jnp.concatenate(views, axis=-1)
   return x @ kernel.reshape(-1, kernel.shape[-1])
