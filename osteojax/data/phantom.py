@@ -128,27 +128,42 @@ def render_hu(zz, yy, xx, bodies, h, rng):
   for i, body in enumerate(centers):
     cz, cy, cx = body['center']
     height, width, depth = body['size']
-    d = body_sdf(zz - cz, yy - cy, xx - cx, height, width, depth)
+    # Only the slices the body can reach: beyond |z - cz| = height/2 + h/2 its signed distance
+    # is >= h/2, so its occupancy is exactly 0 and the loop would leave hu unchanged.
+    s = _z_slab(zz, shape, cz - height / 2 - h, cz + height / 2 + h)
+    d = body_sdf(zz[s] - cz, yy - cy, xx - cx, height, width, depth)
     outer = _pv(d, h)
     inner = _pv(d + body['cortex_mm'], h)
     shell = outer - inner
-    bone = np.clip((sheet_threshold(body['bvtv']) - np.abs(field)) / _W + 0.5, 0, 1)
+    bone = np.clip((sheet_threshold(body['bvtv']) - np.abs(field[s])) / _W + 0.5, 0, 1)
     marrow = cohort.marrow_hu(body['pdff'])
     trab = bone * P.BONE_TISSUE_HU + (1 - bone) * marrow
     body_hu = shell * P.HU_CORTEX_TISSUE + inner * trab
-    free = np.clip(1 - occupied, 0, 1)
-    hu = hu * (1 - outer * free) + body_hu * free
-    occupied = np.maximum(occupied, outer)
-    occupancies.append(outer)
+    free = np.clip(1 - occupied[s], 0, 1)
+    hu[s] = hu[s] * (1 - outer * free) + body_hu * free
+    occupied[s] = np.maximum(occupied[s], outer)
+    full = np.zeros(shape, outer.dtype)
+    full[s] = outer
+    occupancies.append(full)
   for lower, upper in zip(centers[:-1], centers[1:]):  # discs fill the free space between bodies
     cz, cy, cx = lower['center']
     nz = upper['center'][0]
-    gap = np.abs(zz - (nz + cz) / 2) - (nz - cz) / 2
+    s = _z_slab(zz, shape, cz - h, nz + h)         # the gap between the two centres
+    gap = np.abs(zz[s] - (nz + cz) / 2) - (nz - cz) / 2
     d_disc = np.maximum(outline_sdf(yy - cy, xx - cx, lower['size'][1], lower['size'][2])[0], gap)
-    disc = _pv(d_disc, h) * np.clip(1 - occupied, 0, 1)
-    hu = hu * (1 - disc) + disc * P.HU_DISC
-    occupied = np.maximum(occupied, disc)
+    disc = _pv(d_disc, h) * np.clip(1 - occupied[s], 0, 1)
+    hu[s] = hu[s] * (1 - disc) + disc * P.HU_DISC
+    occupied[s] = np.maximum(occupied[s], disc)
   return hu.astype(np.float32), [occupancies[centers.index(b)] for b in bodies]
+
+
+def _z_slab(zz, shape, lo, hi):
+  """The slices [i0, i1) along axis 0 holding every lo < z < hi, when z varies along axis 0
+  alone (zz [D, 1, 1]); all of them otherwise."""
+  if zz.ndim != 3 or zz.shape != (shape[0], 1, 1):
+    return slice(0, shape[0])
+  i = np.flatnonzero((zz[:, 0, 0] > lo) & (zz[:, 0, 0] < hi))
+  return slice(int(i[0]), int(i[-1]) + 1) if i.size else slice(0, 0)
 
 
 def scanner_blur_mm(scanner):
