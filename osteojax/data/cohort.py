@@ -10,6 +10,8 @@ thousands of vertebrae in a second.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from scipy import special
@@ -73,7 +75,8 @@ def _young_women_vbmd_l1():
   return P.BONE_TISSUE_MG * bvtv_from_hu(hu, P.PDFF_WOMEN[0][1])
 
 
-def _level_ratio(level):
+@functools.lru_cache(maxsize=None)
+def _level_ratio(level):   # cached: called for every vertebra and device (~10^5 per cohort)
   return P.ABMD_LEVEL_RATIO[level] / np.mean(list(P.ABMD_LEVEL_RATIO.values()))
 
 
