@@ -101,12 +101,10 @@ def test_bodies_rendered_on_their_slices_equal_the_whole_grid(rows):
   """render_hu computes each body and disc only on the slices it can reach (z along axis 0);
   given the same grid as full [D, H, W] coordinates it computes every voxel: the same
   occupancies and HU, up to float32 rounding of vectorised math (tails of SIMD loops)."""
-  g = P.RoiGeometry()
-  f = g.supersample
-  h = g.spacing_mm / f
-  z, y, x = [((np.arange(n * f) - (n * f - 1) / 2) * h).astype(np.float32) for n in g.shape]
-  zz, yy, xx = z[:, None, None], y[None, :, None], x[None, None, :]
-  full = [np.broadcast_to(a, (len(z), len(y), len(x))).copy() for a in (zz, yy, xx)]
+  h = GEOM.spacing_mm / GEOM.supersample
+  zz, yy, xx = phantom.roi_grid(GEOM)
+  shape = np.broadcast_shapes(zz.shape, yy.shape, xx.shape)
+  full = [np.broadcast_to(a, shape).copy() for a in (zz, yy, xx)]
   for i, row in enumerate(rows.head(3).to_dict('records')):
     bodies = phantom.vertebra_bodies(row, np.random.default_rng(i))
     assert len(bodies) == 3 and abs(bodies[1]['center'][0]) > bodies[0]['size'][0] / 2

@@ -160,7 +160,7 @@ def render_hu(zz, yy, xx, bodies, h, rng):
 def _z_slab(zz, shape, lo, hi):
   """The slices [i0, i1) along axis 0 holding every lo < z < hi, when z varies along axis 0
   alone (zz [D, 1, 1]); all of them otherwise."""
-  if zz.ndim != 3 or zz.shape != (shape[0], 1, 1):
+  if zz.shape != (shape[0], 1, 1):
     return slice(0, shape[0])
   i = np.flatnonzero((zz[:, 0, 0] > lo) & (zz[:, 0, 0] < hi))
   return slice(int(i[0]), int(i[-1]) + 1) if i.size else slice(0, 0)
@@ -230,13 +230,20 @@ def vertebra_bodies(row, rng, center_z=0.0, neighbours=True):
   return bodies
 
 
+def roi_grid(geometry: P.RoiGeometry):
+  """The supersampled ROI grid's coordinates in mm, centred: zz [D, 1, 1], yy [1, H, 1],
+  xx [1, 1, W] float32 (D, H, W = geometry.shape * supersample)."""
+  h = geometry.spacing_mm / geometry.supersample
+  z, y, x = [((np.arange(n * geometry.supersample) - (n * geometry.supersample - 1) / 2) * h)
+             .astype(np.float32) for n in geometry.shape]
+  return z[:, None, None], y[None, :, None], x[None, None, :]
+
+
 def render_roi(row, geometry: P.RoiGeometry, rng):
   """CT ROI of one manifest row. Returns (hu int16 [z, y, x], body mask uint8 [z, y, x])."""
   f = geometry.supersample
   h = geometry.spacing_mm / f
-  shape = tuple(n * f for n in geometry.shape)
-  zz, yy, xx = [((np.arange(n) - (n - 1) / 2) * h).astype(np.float32) for n in shape]
-  zz, yy, xx = zz[:, None, None], yy[None, :, None], xx[None, None, :]
+  zz, yy, xx = roi_grid(geometry)
   bodies = vertebra_bodies(row, rng)
   hu, occ = render_hu(zz, yy, xx, bodies, h, rng)
   ct = acquire(hu, row['scanner'], h, f, rng)

@@ -282,10 +282,9 @@ def _optim(config, steps_per_epoch):
 SELECT_RULES = ('auc', 'auc+bmd_r2')
 
 
-def check_select(select: str) -> str:
+def check_select(select: str) -> None:
   if select not in SELECT_RULES:
     raise ValueError(f'config.select {select!r} is not one of {SELECT_RULES}')
-  return select
 
 
 def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2') -> dict:
