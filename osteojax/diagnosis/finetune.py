@@ -308,7 +308,6 @@ def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r
 def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
                   select: str = 'auc+bmd_r2'):
   """eval_fn(state) for lib.fit: selection_metrics on pools (all sites pooled)."""
-  check_select(select)                  # an unknown rule fails before training starts
   y = pools.rows.label.astype(int).to_numpy()
   images = pools.read(range(len(pools)))[:, 0]
   dev = device_index(pools.rows.device)
@@ -361,6 +360,7 @@ def plot_validation(workdir: str, steps_per_epoch: int) -> str:
 
 def run(config, workdir: str):
   """Fine-tune on the train split; predictions of valid + test in <workdir>/predictions.csv."""
+  check_select(config.get('select', 'auc+bmd_r2'))    # before any pool is built or file written
   os.makedirs(workdir, exist_ok=True)
   train = lib.primary_first(lambda: pool_data.ensure_pool(config, ('train',)), 'pool')
   n = len(train)
