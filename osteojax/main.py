@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from osteojax import tasks
 from osteojax.data.io import OsteoDataError
+from osteojax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -62,7 +63,7 @@ def main(argv):
       sys.exit(2)
   try:
     tasks.run(FLAGS.config, FLAGS.workdir)
-  except OsteoDataError as e:        # bad input: one line, exit status 2
+  except (OsteoDataError, ConfigError) as e:   # bad input or config value: one line, status 2
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
 

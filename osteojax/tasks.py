@@ -10,6 +10,7 @@ import os
 import jax
 
 from osteojax.data import io as dio
+from osteojax.errors import ConfigError
 
 TASKS = {
     'osteosim': 'osteojax.data.task',   # generate OsteoSim, print its summary and oracle
@@ -25,7 +26,7 @@ TASKS = {
 def run(config, workdir: str):
   """Save the resolved config in workdir, then run config.task."""
   if config.task not in TASKS:
-    raise ValueError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
+    raise ConfigError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:        # one writer when several processes share the workdir
     dio.atomic_write_text(os.path.join(workdir, 'config.json'),

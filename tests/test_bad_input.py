@@ -307,3 +307,24 @@ def test_cli_unknown_device_make_then_extract(tmp_path):
                       f"(known: hologic, ge_lunar, medix)\n")
   assert r.stdout == ''
   assert_nothing_written(tmp_path / 'out')
+
+
+def test_main_bad_config_value_is_one_line(tmp_path):
+  """An unknown choice in a config stops `python -m osteojax.main` with one line, status 2,
+  before any data or checkpoint is written."""
+  cases = [('configs/default.py', '--config.task=bogus', "unknown task 'bogus'"),
+           ('configs/finetune.py', '--config.select=bogus', "config.select 'bogus'"),
+           ('configs/finetune.py', '--config.loss.class_weight=bogus',
+            "unknown config.loss.class_weight 'bogus'"),
+           ('configs/tp_swav.py', '--config.views=bogus', "unknown config.views 'bogus'")]
+  for i, (cfg, flag, expect) in enumerate(cases):
+    work = tmp_path / f'run{i}'
+    r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config', cfg, '--workdir',
+                        str(work), flag, f'--config.data.dir={tmp_path / "data"}'],
+                       capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith('error: ') and expect in r.stderr, r.stderr[-2000:]
+    assert r.stderr.count('\n') == 1, r.stderr
+    assert not os.path.exists(tmp_path / 'data')
+    assert not os.path.exists(work) or os.listdir(work) == ['config.json']

@@ -98,9 +98,14 @@ def test_resnet3d_conv_impls_agree():
   v, v2 = (jax.jit(lambda k, x, n=n: n.init(k, x, train=False))(jax.random.PRNGKey(1), x)
             for n in nets.values())
   jax.tree_util.tree_map(np.testing.assert_array_equal, v, v2)   # same parameters, same init
-  out = {k: jax.jit(lambda v, x, n=n: n.apply(v, x, train=True, mutable=['batch_stats'])[0])(
-      v, x) for k, n in nets.items()}
-  np.testing.assert_allclose(out['im2col'], out['lax'], atol=1e-4, rtol=1e-4)
+  for train, atol in ((False, 1e-5), (True, 1e-3)):
+    # In training mode each BatchNorm divides by the SD of the batch's 16 values at the last
+    # stage, which magnifies the two convolutions' float rounding (a 1.7e-4 difference on an
+    # AMD EPYC); in eval mode (initial statistics) there is no such magnification.
+    out = {k: jax.jit(lambda v, x, n=n: n.apply(v, x, train=train, mutable=['batch_stats'])[0])(
+        v, x) for k, n in nets.items()}
+    assert float(jnp.abs(out['lax']).max()) > 0.1          # not a vacuous all-zero comparison
+    np.testing.assert_allclose(out['im2col'], out['lax'], atol=atol, rtol=0)
 
 
 def test_prototypes_normalized():

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from osteojax.errors import ConfigError
+
 
 def _check(dxa, mri):
   if dxa.ndim != 4 or mri.ndim != 4:
@@ -99,7 +101,7 @@ def similarity_matrix(dxa, mri, method: str = 'fft'):
   """
   fn = {'fft': correlation_maps_fft, 'direct': correlation_maps_direct}.get(method)
   if fn is None:
-    raise ValueError(f'unknown correlation method {method!r} (fft or direct)')
+    raise ConfigError(f'unknown correlation method {method!r} (fft or direct)')
   return jnp.max(fn(dxa, mri), axis=(2, 3))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from osteojax.align.rigid import Rigid2D
+from osteojax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ def register_mi(source, target, source_spacing: float, target_spacing: float | N
             else sitk.CenteredTransformInitializerFilter.GEOMETRY)
     tx = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler2DTransform(), mode)
   else:
-    raise ValueError(f'unknown init {init!r} (moments, geometry or identity)')
+    raise ConfigError(f'unknown init {init!r} (moments, geometry or identity)')
   if len(shrink) != len(sigmas):
     raise ValueError('shrink and sigmas need one entry per pyramid level')
   reg = sitk.ImageRegistrationMethod()

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from osteojax.data import bodysim
+from osteojax.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------ data
@@ -67,7 +68,7 @@ def normalise(x: np.ndarray, how: str) -> np.ndarray:
   if how == 'none':
     return x
   if how != 'minmax':
-    raise ValueError(f'unknown normalisation {how!r}; known: {", ".join(NORMALISE)}')
+    raise ConfigError(f'unknown normalisation {how!r}; known: {", ".join(NORMALISE)}')
   lo = x.min(axis=(1, 2), keepdims=True)
   hi = x.max(axis=(1, 2), keepdims=True)
   return ((x - lo) / (hi - lo + 1e-5)).astype(np.float32)
@@ -98,10 +99,10 @@ def channel_indices(names, known, modality):
   """Config channel names -> indices into the stored channels; clear error on unknown names."""
   names = tuple(names)
   if not names:
-    raise ValueError(f'no {modality} channels selected (choose from {", ".join(known)})')
+    raise ConfigError(f'no {modality} channels selected (choose from {", ".join(known)})')
   bad = [n for n in names if n not in known]
   if bad:
-    raise ValueError(f'unknown {modality} channel(s) {bad}; known: {", ".join(known)}')
+    raise ConfigError(f'unknown {modality} channel(s) {bad}; known: {", ".join(known)}')
   return [known.index(n) for n in names]
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from osteojax.align import register, synthetic
 from osteojax.align.rigid import Rigid2D
+from osteojax.errors import ConfigError
 from osteojax.models import refiner as refiner_lib
 from osteojax.train import lib
 
@@ -259,7 +260,7 @@ def evaluate(refine_fn, c_perturb, src, tgt, params, seed: int, iterations: int 
 def run(config, workdir: str):
   """Task 'refine': train on generated aligned pairs, evaluate on held-out ones (JSON)."""
   if config.data.source != 'synthetic':
-    raise ValueError(f'unknown refine data source {config.data.source!r} (synthetic)')
+    raise ConfigError(f'unknown refine data source {config.data.source!r} (synthetic)')
   d = config.data
   src, tgt, params = generated_pairs(d, d.train_pairs, d.seed)
   model, variables = train(config, workdir, src, tgt, params)

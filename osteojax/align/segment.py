@@ -24,6 +24,7 @@ import optax
 from jax import lax
 
 from osteojax.data.io import OsteoDataError
+from osteojax.errors import ConfigError
 from osteojax.evaluate import metrics
 from osteojax.models import unet
 from osteojax.train import lib
@@ -116,9 +117,9 @@ def load(config) -> tuple[SegData, SegData]:
             shapes(d.n_test, d.hw, d.channels, d.noise, d.seed + 1))
   if d.source == 'npz':
     if not d.train_dir or not d.test_dir:
-      raise ValueError('data.source npz needs data.train_dir and data.test_dir')
+      raise ConfigError('data.source npz needs data.train_dir and data.test_dir')
     return load_npz_dir(d.train_dir), load_npz_dir(d.test_dir)
-  raise ValueError(f'unknown data.source {d.source!r} (shapes or npz)')
+  raise ConfigError(f'unknown data.source {d.source!r} (shapes or npz)')
 
 
 # ------------------------------------------------------------------------------------ model

@@ -18,6 +18,7 @@ import optax
 from jax import lax
 
 from osteojax.align import correlation, encoders, pairs
+from osteojax.errors import ConfigError
 from osteojax.evaluate import metrics
 from osteojax.objectives import contrastive
 from osteojax.train import lib
@@ -132,10 +133,10 @@ def run(config, workdir: str):
   pairs.check_inputs(dxa, mri, len(config.model.dxa_channels), len(config.model.mri_channels))
   n = len(dxa)
   if config.batch_size > n:
-    raise ValueError(f'batch_size {config.batch_size} exceeds the {n} training pairs')
+    raise ConfigError(f'batch_size {config.batch_size} exceeds the {n} training pairs')
   if config.batch_size % jax.device_count():
-    raise ValueError(f'batch_size {config.batch_size} does not split over '
-                     f'{jax.device_count()} devices')
+    raise ConfigError(f'batch_size {config.batch_size} does not split over '
+                      f'{jax.device_count()} devices')
   total = config.steps
   model = encoders.build_model(config)
   state = init_state(config, model, dxa.shape[1:], mri.shape[1:], total)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from osteojax.data import params as P
+from osteojax.errors import ConfigError
 
 INTENSITY_MODES = ('none', 'offset', 'scanner', 'legacy')
 LEGACY_INTENSITY = 0.1
@@ -36,8 +37,8 @@ def scanner_ranges() -> tuple[float, float]:
 def intensity_bounds(mode: str) -> tuple[float, float, float]:
   """(hu_offset, hu_gain, legacy) bounds of an INTENSITY_MODES name."""
   if mode not in INTENSITY_MODES:
-    raise ValueError(f'unknown intensity augmentation {mode!r}; known: '
-                     f'{", ".join(INTENSITY_MODES)}')
+    raise ConfigError(f'unknown intensity augmentation {mode!r}; known: '
+                      f'{", ".join(INTENSITY_MODES)}')
   offset, gain = scanner_ranges()
   return {'none': (0.0, 0.0, 0.0), 'offset': (offset, 0.0, 0.0),
           'scanner': (offset, gain, 0.0), 'legacy': (0.0, 0.0, LEGACY_INTENSITY)}[mode]

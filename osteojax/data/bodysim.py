@@ -35,6 +35,7 @@ import SimpleITK as sitk
 
 from osteojax.data import io
 from osteojax.data.io import OsteoDataError, staged_dir
+from osteojax.errors import ConfigError
 
 MARKER = 'bodysim.json'
 VERSION = 1
@@ -106,7 +107,7 @@ def param(name):
 def geometry(scale: int = 4) -> dict:
   """Image shapes and spacing at a down-scaling factor (1 = full scale, 4 = CPU default)."""
   if int(scale) != scale or scale < 1:
-    raise ValueError(f'scale must be a positive integer, got {scale}')
+    raise ConfigError(f'scale must be a positive integer, got {scale}')
   s = int(scale)
   (dh, dw), (mh, mw) = param('dxa_shape'), param('mri_shape')
   return dict(dxa_shape=(dh // s, dw // s), mri_shape=(int(round(mh / s)), mw // s),
@@ -504,7 +505,7 @@ def generate(out_dir: str, scale: int = 4, seed: int = 0, sizes: dict | None = N
   geometry(scale)
   for k in sizes:
     if k not in SPLIT_CODES:
-      raise ValueError(f'unknown split {k!r} (train, val, test)')
+      raise ConfigError(f'unknown split {k!r} (train, val, test)')
   jobs = [(split, i) for split, n in sizes.items() for i in range(int(n))]
   with staged_dir(out_dir, MARKER) as tmp:
     args = [(tmp, split, i, seed, scale) for split, i in jobs]

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import special
 
 from osteojax.data import params as P
+from osteojax.errors import ConfigError
 
 # Columns of a manifest row (generated and real data share them; truth columns are NaN for real).
 ID_COLUMNS = ['roi_id', 'patient_id', 'site', 'split', 'device', 'scanner', 'level',
@@ -257,7 +258,7 @@ def stratify_splits(patients, rng):
 
 def check_cohort(name: str) -> str:
   if name not in P.COHORTS:
-    raise ValueError(f'unknown cohort {name!r}; known: {", ".join(P.COHORTS)}')
+    raise ConfigError(f'unknown cohort {name!r}; known: {", ".join(P.COHORTS)}')
   return name
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from osteojax.data import params as P
+from osteojax.errors import ConfigError
 
 # The real-data manifest: required and optional columns.
 REAL_COLUMNS = ['patient', 'ct_path', 'mask_path', 'site', 'device', 'level', 'bmd']
@@ -45,11 +46,12 @@ class OsteoDataError(Exception):
 
 
 def run_cli(main, argv=None):
-  """Run main(argv); an OsteoDataError becomes `error: <file>: <problem>` and exit status 2."""
+  """Run main(argv); an OsteoDataError (`error: <file>: <problem>`) or a ConfigError becomes one
+  line on stderr and exit status 2."""
   sitk.ProcessObject.SetGlobalWarningDisplay(False)   # ITK warnings would add stderr lines
   try:
     return main(argv)
-  except OsteoDataError as e:
+  except (OsteoDataError, ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
 

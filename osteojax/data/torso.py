@@ -32,6 +32,7 @@ from scipy import ndimage, special
 
 from osteojax.data import cohort, io, labels, phantom
 from osteojax.data import params as P
+from osteojax.errors import ConfigError
 
 CT_NAMES = {'nifti': 'ct.nii.gz', 'nrrd': 'ct.nrrd', 'dicom': 'ct_dicom'}
 MASK_NAMES = {'nifti': 'mask.nii.gz', 'nrrd': 'mask.nrrd', 'dicom': 'mask.nii.gz'}
@@ -63,10 +64,10 @@ class TorsoSpec:
     """The vertebra levels, superior to inferior."""
     for lev in (self.first, self.last):
       if lev not in P.LEVEL_INDEX:
-        raise ValueError(f'unknown level {lev!r} (known: {", ".join(P.LEVELS)})')
+        raise ConfigError(f'unknown level {lev!r} (known: {", ".join(P.LEVELS)})')
     i, j = P.LEVEL_INDEX[self.first], P.LEVEL_INDEX[self.last]
     if j < i:
-      raise ValueError(f'level range {self.first}..{self.last} runs upwards')
+      raise ConfigError(f'level range {self.first}..{self.last} runs upwards')
     return list(P.LEVELS[i:j + 1])
 
 
@@ -75,7 +76,7 @@ def site_of(device):
   for site, spec in P.SITES.items():
     if spec['device'] == device:
       return site
-  raise ValueError(f'unknown device {device!r} (known: {", ".join(P.DEVICE_NAMES)})')
+  raise ConfigError(f'unknown device {device!r} (known: {", ".join(P.DEVICE_NAMES)})')
 
 
 def _subject(rng, levels):
@@ -196,7 +197,7 @@ def _flipped(array, origin, spacing, flip):
   origin, direction = list(origin), np.eye(3)
   for name in flip:
     if name not in axes:
-      raise ValueError(f'unknown axis {name!r} to flip (x, y or z)')
+      raise ConfigError(f'unknown axis {name!r} to flip (x, y or z)')
     ax = axes[name]
     array = np.flip(array, ax)
     d = 2 - ax   # (x, y, z) position of this array axis
@@ -218,7 +219,7 @@ def make_torso(spec: TorsoSpec, rng, patient='torso'):
   site = site_of(spec.device)
   scanner = spec.scanner or P.SITES[site]['scanners'][0]
   if scanner not in P.SCANNERS:
-    raise ValueError(f'unknown scanner {scanner!r} (known: {", ".join(P.SCANNERS)})')
+    raise ConfigError(f'unknown scanner {scanner!r} (known: {", ".join(P.SCANNERS)})')
   age, female, rows = _subject(rng, levels)
   bodies = spine_bodies(spec, rows, rng)
   hu, lab, origin = render_torso(spec, bodies, rng)
@@ -266,7 +267,7 @@ def write_torso(torso, out_dir, fmt='nifti'):
   (MASK_NAMES[fmt]), truth.json and manifest.csv (paths relative to out_dir).
   """
   if fmt not in CT_NAMES:
-    raise ValueError(f'unknown format {fmt!r} (known: {", ".join(CT_NAMES)})')
+    raise ConfigError(f'unknown format {fmt!r} (known: {", ".join(CT_NAMES)})')
   manifest = torso['manifest'].assign(ct_path=CT_NAMES[fmt], mask_path=MASK_NAMES[fmt])
   with io.staged_dir(out_dir, TRUTH) as tmp:
     ct_path = os.path.join(tmp, CT_NAMES[fmt])

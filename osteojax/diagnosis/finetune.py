@@ -32,6 +32,7 @@ import pandas as pd
 from osteojax.data import augment, io
 from osteojax.diagnosis import pool_data
 from osteojax.data import params as P
+from osteojax.errors import ConfigError
 from osteojax.evaluate import diagnosis, metrics
 from osteojax.models import moe, resnet3d
 from osteojax.objectives import multitask
@@ -75,7 +76,7 @@ def bmd_stats(rows: pd.DataFrame, mode: str = 'global') -> dict:
   for the device gate to learn). 'device': per DXA device (removes them; an ablation).
   """
   if mode not in BMD_STANDARDISE:
-    raise ValueError(f'unknown bmd_standardise {mode!r}; known: {", ".join(BMD_STANDARDISE)}')
+    raise ConfigError(f'unknown bmd_standardise {mode!r}; known: {", ".join(BMD_STANDARDISE)}')
   for d, g in rows.groupby('device'):
     if not np.isfinite(g.bmd.to_numpy(float)).all():
       raise ValueError(f'training rows of device {d!r} have missing/non-finite bmd')
@@ -90,7 +91,7 @@ def class_weights(labels, mode: str) -> np.ndarray:
   """Per-example weights of the class loss: 'none' ones, 'balanced' n / (2 n_class)."""
   y = np.asarray(labels, int)
   if mode not in CLASS_WEIGHTS:
-    raise ValueError(f'unknown class_weight {mode!r}; known: {", ".join(CLASS_WEIGHTS)}')
+    raise ConfigError(f'unknown class_weight {mode!r}; known: {", ".join(CLASS_WEIGHTS)}')
   if mode == 'none':
     return np.ones(len(y), np.float32)
   counts = np.bincount(y, minlength=2)
@@ -149,8 +150,8 @@ def load_pretrained_encoder(pre_workdir: str, params, batch_stats, input_shape):
   enc_p, enc_s = enc['params'], enc['batch_stats']
   shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(a.shape), t)
   if shapes(enc_p) != shapes(params['encoder']):
-    raise ValueError(f'the encoder in {pre_workdir} (model {dict(pre_config.model)}) does not '
-                     f'match config.model; fine-tune with the same encoder settings')
+    raise ConfigError(f'the encoder in {pre_workdir} (model {dict(pre_config.model)}) does not '
+                      f'match config.model; fine-tune with the same encoder settings')
   return ({**params, 'encoder': jax.tree_util.tree_map(jnp.asarray, enc_p)},
           {**batch_stats, 'encoder': jax.tree_util.tree_map(jnp.asarray, enc_s)})
 
@@ -249,7 +250,7 @@ def load(workdir: str):
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.task != 'finetune':
-    raise ValueError(f'{workdir} is a {config.task!r} run, not a fine-tuning run')
+    raise ConfigError(f'{workdir} is a {config.task!r} run, not a fine-tuning run')
   with open(os.path.join(workdir, BMD_STATS), encoding='utf-8') as f:
     stats = json.load(f)
   model = build_model(config)
@@ -284,7 +285,19 @@ SELECT_RULES = ('auc', 'auc+bmd_r2')
 
 def check_select(select: str) -> None:
   if select not in SELECT_RULES:
-    raise ValueError(f'config.select {select!r} is not one of {SELECT_RULES}')
+    raise ConfigError(f'config.select {select!r} is not one of {SELECT_RULES}')
+
+
+def check_config(config) -> None:
+  """The fine-tuning choices by name, checked before any work: a ConfigError names the bad one."""
+  check_select(config.get('select', 'auc+bmd_r2'))
+  if config.loss.get('bmd_standardise', 'device') not in BMD_STANDARDISE:
+    raise ConfigError(f'unknown config.loss.bmd_standardise {config.loss.bmd_standardise!r}; '
+                      f'known: {", ".join(BMD_STANDARDISE)}')
+  if config.loss.get('class_weight', 'none') not in CLASS_WEIGHTS:
+    raise ConfigError(f'unknown config.loss.class_weight {config.loss.class_weight!r}; known: '
+                      f'{", ".join(CLASS_WEIGHTS)}')
+  augment.intensity_bounds(config.augment.intensity)
 
 
 def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2') -> dict:
@@ -360,12 +373,12 @@ def plot_validation(workdir: str, steps_per_epoch: int) -> str:
 
 def run(config, workdir: str):
   """Fine-tune on the train split; predictions of valid + test in <workdir>/predictions.csv."""
-  check_select(config.get('select', 'auc+bmd_r2'))    # before any pool is built or file written
+  check_config(config)                # before any pool is built or file written
   os.makedirs(workdir, exist_ok=True)
   train = lib.primary_first(lambda: pool_data.ensure_pool(config, ('train',)), 'pool')
   n = len(train)
   if config.batch_size > n:
-    raise ValueError(f'batch_size {config.batch_size} exceeds the {n} training vertebrae')
+    raise ConfigError(f'batch_size {config.batch_size} exceeds the {n} training vertebrae')
   stats = bmd_stats(train.rows, config.loss.get('bmd_standardise', 'device'))
   if jax.process_index() == 0:        # one writer when several processes share the workdir
     io.atomic_write_text(os.path.join(workdir, BMD_STATS), json.dumps(stats, indent=1))

@@ -14,6 +14,7 @@ from jax import lax
 
 from osteojax.data import augment
 from osteojax.diagnosis import pool_data
+from osteojax.errors import ConfigError
 from osteojax.models import heads, resnet3d
 from osteojax.objectives import swav
 from osteojax.texture import pool
@@ -191,10 +192,13 @@ def post_update(params):
 # ------------------------------------------------------------------------------------ task
 def run(config, workdir: str):
   """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
+  if config.views not in ('pool', 'crops'):           # bad names stop before the pool is built
+    raise ConfigError(f"unknown config.views {config.views!r}; known: pool, crops")
+  augment.intensity_bounds(config.swav.intensity)
   pools = lib.primary_first(lambda: pool_data.ensure_pool(config, ('pretrain',)), 'pool')
   n = len(pools)
   if config.batch_size > n:
-    raise ValueError(f'batch_size {config.batch_size} exceeds the {n} pre-training vertebrae')
+    raise ConfigError(f'batch_size {config.batch_size} exceeds the {n} pre-training vertebrae')
   steps_per_epoch = max(n // config.batch_size, 1)
   total = config.epochs * steps_per_epoch
   optim = optimizer_config(config, steps_per_epoch)

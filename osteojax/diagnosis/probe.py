@@ -20,6 +20,7 @@ import numpy as np
 from sklearn import linear_model, metrics, model_selection, pipeline, preprocessing
 
 from osteojax.diagnosis import pool_data, pretrain
+from osteojax.errors import ConfigError
 from osteojax.train import lib, pretrained
 
 BN_MODES = ('running', 'recompute')
@@ -104,7 +105,7 @@ def run_probe(config, workdir: str | None, step: int | None = None, bn: str = 'r
   """Probe the encoder of workdir's checkpoint (newest, or `step`; None: random init of
   config.seed) with batch statistics `bn` (BN_MODES)."""
   if bn not in BN_MODES:
-    raise ValueError(f'unknown bn mode {bn!r}; known: {", ".join(BN_MODES)}')
+    raise ConfigError(f'unknown bn mode {bn!r}; known: {", ".join(BN_MODES)}')
   pools = pools or pool_data.ensure_pool(config, ('train', 'valid'), progress=False)
   model, variables = load_encoder_state(config, workdir, pools.shape[2:], step)
   if bn == 'recompute':

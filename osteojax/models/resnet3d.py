@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from osteojax.errors import ConfigError
+
 _DN = ('NDHWC', 'DHWIO', 'NDHWC')
 CONV_IMPLS = ('auto', 'lax', 'im2col')
 
@@ -87,7 +89,7 @@ def max_pool_separable(x, k: int = 3, stride: int = 2):
 def resolve_impl(impl: str) -> str:
   """'auto' -> 'im2col' on CPU, 'lax' on accelerators; checks the name."""
   if impl not in CONV_IMPLS:
-    raise ValueError(f'unknown conv impl {impl!r} (known: {", ".join(CONV_IMPLS)})')
+    raise ConfigError(f'unknown conv impl {impl!r} (known: {", ".join(CONV_IMPLS)})')
   if impl == 'auto':
     return 'im2col' if jax.default_backend() == 'cpu' else 'lax'
   return impl
@@ -188,7 +190,7 @@ def encoder_from_config(c) -> ResNet3D:
   zero_init_residual: True in configs saved before it was a setting; conv: Conv3D's impl,
   'auto' when absent)."""
   if c.name != 'resnet3d':
-    raise ValueError(f'unknown model {c.name!r} (known: resnet3d)')
+    raise ConfigError(f'unknown model {c.name!r} (known: resnet3d)')
   return ResNet3D(tuple(c.stage_sizes), tuple(c.widths), c.stem_stride, c.stem_pool,
                   zero_init_residual=c.get('zero_init_residual', True),
                   conv=c.get('conv', 'auto'))

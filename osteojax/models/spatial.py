@@ -23,6 +23,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from osteojax.errors import ConfigError
 from osteojax.models.heads import l2_normalize
 
 
@@ -116,7 +117,7 @@ class Aligner(nn.Module):
 
   def setup(self):
     if self.encoder not in ENCODERS:
-      raise ValueError(f'unknown encoder {self.encoder!r} ({", ".join(ENCODERS)})')
+      raise ConfigError(f'unknown encoder {self.encoder!r} ({", ".join(ENCODERS)})')
     cls = ENCODERS[self.encoder]
     self.dxa_encoder = cls(self.widths, self.last_width, self.embed_dim, self.axis_name,
                            self.pools)

@@ -32,6 +32,7 @@ from flax.training import train_state
 from jax import lax
 
 from osteojax.data import io as dio
+from osteojax.errors import ConfigError
 from osteojax.train import writers
 
 AXIS = 'batch'
@@ -87,7 +88,7 @@ def make_schedule(c, total_steps: int):
   elif c.decay == 'linear':
     down = optax.linear_schedule(c.lr, 0.0, rest)
   else:
-    raise ValueError(f'unknown decay {c.decay!r} (cosine or linear)')
+    raise ConfigError(f'unknown decay {c.decay!r} (cosine or linear)')
   return optax.join_schedules([up, down], [warm])
 
 
