@@ -25,15 +25,25 @@ import osteosim  # noqa: E402  (configs are plain files, not a package)
 
 
 def encoder_config(arg=None) -> ml_collections.ConfigDict:
-  """The encoder shared by pre-training and fine-tuning (they must match)."""
+  """The encoder shared by pre-training and fine-tuning (they must match).
+
+  name 'resnet3d' (ResNet34-3D; its fields at this level) or 'swin3d' (3-D Swin-T as in
+  Swin-UNETR's encoder, the fields of `swin`; `--config.model.name=swin3d`).
+  """
   m = ml_collections.ConfigDict(dict(
       name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
       stem_pool=True, zero_init_residual=False,
-      conv='auto'))   # Conv3D: 'auto' (im2col on CPU, XLA's on GPU/TPU) | 'lax' | 'im2col'
+      conv='auto',    # Conv3D: 'auto' (im2col on CPU, XLA's on GPU/TPU) | 'lax' | 'im2col'
+      # Swin-T, slim CPU variant: the paper's depths, half its width (heads of 24 channels),
+      # a window of 4 that tiles the 16^3 token grid of a 32^3 ROI (7 would pad it to 21^3)
+      swin=dict(feature_size=24, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), window=4,
+                patch_size=2)))
   if arg == 'paper':
     m.widths = (64, 128, 256, 512)
+    m.swin.feature_size, m.swin.heads, m.swin.window = 48, (3, 6, 12, 24), 7   # Swin-UNETR's
   elif arg == 'tiny':
     m.stage_sizes, m.widths, m.stem_pool = (1, 1), (4, 8), False
+    m.swin.feature_size, m.swin.depths, m.swin.heads, m.swin.window = 8, (1, 1), (1, 2), 2
   return m
 
 

@@ -1,4 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / fine-tuning) on fixed data; print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / fine-tuning of ResNet or Swin) on fixed data; print
+the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -18,9 +19,10 @@ from osteojax.diagnosis import finetune, pretrain  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
-def main_finetune(steps: int = 3):
+def main_finetune(steps: int = 3, encoder: str = 'resnet3d'):
   """MoE + unified loss on random volumes and labels, batch 8 over the simulated devices."""
   config = finetune_config.get_config('tiny')
+  config.model.name = encoder
   rng = np.random.default_rng(0)
   data = dict(image=rng.random((16, 16, 16, 16)).astype(np.float32),
               device=rng.integers(0, 3, 16).astype(np.int32),
@@ -46,6 +48,8 @@ def main_finetune(steps: int = 3):
 def main(views: str, steps: int = 4):
   if views == 'finetune':
     return main_finetune(steps)
+  if views == 'finetune_swin':
+    return main_finetune(steps, 'swin3d')
   config = tp_swav.get_config('tiny')
   config.views = views
   if views == 'crops':

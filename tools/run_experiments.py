@@ -10,6 +10,9 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   tpswav_class_bmd     + BMD loss
   tpswav_unified       + level loss (the unified loss, eq. 4)
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
+  swin_scratch_class, swin_tpswav_class, swin_tpswav_unified_moe
+                       Table 5: the same on the 3-D Swin-T encoder (--rows to choose; the
+                       default is the six ResNet rows)
 plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
 CT-only oracle (tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run per seed,
 used by the fine-tuning runs of that seed (--pretrain-seeds each, the default: the spread is
@@ -36,14 +39,19 @@ from osteojax.data import io as dio  # noqa: E402
 from osteojax.data import task as data_task  # noqa: E402
 from osteojax.evaluate import diagnosis  # noqa: E402
 
-ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE)
-    'scratch_class': ('', (1.0, 0.0, 0.0), False),
-    'swav_class': ('swav', (1.0, 0.0, 0.0), False),
-    'tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False),
-    'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False),
-    'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False),
-    'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True),
+ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE, encoder)
+    'scratch_class': ('', (1.0, 0.0, 0.0), False, 'resnet3d'),
+    'swav_class': ('swav', (1.0, 0.0, 0.0), False, 'resnet3d'),
+    'tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'resnet3d'),
+    'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False, 'resnet3d'),
+    'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False, 'resnet3d'),
+    'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'resnet3d'),
+    # Table 5: the backbone ablation on 3-D Swin-T (osteojax/models/swin3d.py)
+    'swin_scratch_class': ('', (1.0, 0.0, 0.0), False, 'swin3d'),
+    'swin_tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'swin3d'),
+    'swin_tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'swin3d'),
 }
+RESNET_ROWS = [r for r in ROWS if ROWS[r][3] == 'resnet3d']
 BASE = 'tpswav_unified_moe'
 
 
@@ -103,7 +111,7 @@ def main():
   ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   ap.add_argument('--out', default='results/grid')
   ap.add_argument('--arg', default='', help="config argument ('' = CPU default, tiny, paper)")
-  ap.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
+  ap.add_argument('--rows', nargs='+', default=RESNET_ROWS, choices=list(ROWS))
   ap.add_argument('--finetune-epochs', type=int, default=None)
   ap.add_argument('--pretrain-epochs', type=int, default=None)
   ap.add_argument('--pretrain-seeds', choices=('shared', 'each'), default='each')
@@ -114,26 +122,27 @@ def main():
   runs = os.path.join(os.path.abspath(a.out), 'runs')
   t0 = time.time()
   pre_dirs = {}
-  for method in sorted({ROWS[r][0] for r in a.rows} - {''}):
+  for method, encoder in sorted({(ROWS[r][0], ROWS[r][3]) for r in a.rows if ROWS[r][0]}):
     for seed in (a.seeds if a.pretrain_seeds == 'each' else [0]):
-      wd = os.path.join(runs, f'{method}_s{seed}')
-      over = {'seed': seed}
+      tag = '' if encoder == 'resnet3d' else f'_{encoder}'
+      wd = os.path.join(runs, f'{method}{tag}_s{seed}')
+      over = {'seed': seed, 'model.name': encoder}
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
       if not a.report_only:
         _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
         open(os.path.join(wd, 'PRETRAIN_DONE'), 'w', encoding='utf-8').close()
-      pre_dirs[method, seed] = wd
+      pre_dirs[method, encoder, seed] = wd
   models = {row: [] for row in a.rows}
   for seed in a.seeds:            # seed-major: an interrupted grid covers every row
     for row in a.rows:
-      method, (w_cls, w_bmd, w_level), use_moe = ROWS[row]
+      method, (w_cls, w_bmd, w_level), use_moe, encoder = ROWS[row]
       wd = os.path.join(runs, f'{row}_s{seed}')
       pre_seed = seed if a.pretrain_seeds == 'each' else 0
       over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
-              'head.moe': use_moe}
+              'head.moe': use_moe, 'model.name': encoder}
       if method:
-        over['init.checkpoint'] = pre_dirs[method, pre_seed]
+        over['init.checkpoint'] = pre_dirs[method, encoder, pre_seed]
       if a.finetune_epochs:
         over['epochs'] = a.finetune_epochs
       pred_path = os.path.join(wd, finetune.PREDICTIONS)

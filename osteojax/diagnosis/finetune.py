@@ -29,12 +29,13 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from osteojax import models
 from osteojax.data import augment, io
 from osteojax.diagnosis import pool_data
 from osteojax.data import params as P
 from osteojax.errors import ConfigError
 from osteojax.evaluate import diagnosis, metrics
-from osteojax.models import moe, resnet3d
+from osteojax.models import moe
 from osteojax.objectives import multitask
 from osteojax.texture import pool
 from osteojax.train import lib, pretrained
@@ -133,7 +134,7 @@ def label_arrays(rows: pd.DataFrame, stats: dict, class_weight: str = 'none') ->
 # ------------------------------------------------------------------------------------ model
 def build_model(config) -> moe.DiagnosisModel:
   h = config.head
-  return moe.DiagnosisModel(resnet3d.encoder_from_config(config.model),
+  return moe.DiagnosisModel(models.encoder_from_config(config.model),
                             moe.DiagnosisHead(h.num_experts, h.hidden_dim, len(DEVICES), h.moe))
 
 
@@ -158,7 +159,7 @@ def load_pretrained_encoder(pre_workdir: str, params, batch_stats, input_shape):
 
 def init_state(config, model, input_shape, optim, total_steps) -> lib.TrainState:
   variables = init_variables(config, model, input_shape)
-  params, stats = variables['params'], variables['batch_stats']
+  params, stats = variables['params'], variables.get('batch_stats', {})   # none: Swin
   if config.init.checkpoint:
     params, stats = load_pretrained_encoder(config.init.checkpoint, params, stats, input_shape)
   return lib.create_state(apply_fn=model.apply, params=params,
@@ -183,7 +184,7 @@ def make_loss_fn(config, model):
     out, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x[..., None],
                                 batch['device'], train=True, mutable=['batch_stats'])
     loss, metrics = multitask.multitask_loss(out, batch, config.loss)
-    return loss, (new_vars['batch_stats'], metrics)
+    return loss, (new_vars.get('batch_stats', {}), metrics)
 
   return loss_fn
 
@@ -257,7 +258,7 @@ def load(workdir: str):
   template = init_variables(config, model, config.data.roi_shape)
   state = lib.create_state(apply_fn=model.apply, params=template['params'],
                            tx=lib.make_optimizer(_optim(config, 1), 1),
-                           batch_stats=template['batch_stats'],
+                           batch_stats=template.get('batch_stats', {}),
                            ema_decay=config.optim.get('ema_decay', 0.0))
   if os.path.exists(os.path.join(workdir, lib.ValidationHistory.FILE)):
     history = lib.ValidationHistory(workdir)       # the checkpoint chosen on validation

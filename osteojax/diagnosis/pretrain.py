@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from osteojax import models
 from osteojax.data import augment
 from osteojax.diagnosis import pool_data
 from osteojax.errors import ConfigError
-from osteojax.models import heads, resnet3d
+from osteojax.models import heads
 from osteojax.objectives import swav
 from osteojax.texture import pool
 from osteojax.train import lib
@@ -78,7 +79,7 @@ def crop_views(pool_, key, c):
 
 # ------------------------------------------------------------------------------------ model
 def build_model(config):
-  enc = resnet3d.encoder_from_config(config.model)
+  enc = models.encoder_from_config(config.model)
   return heads.SwAVModel(enc, config.swav.hidden_dim, config.swav.proj_dim,
                          config.swav.num_prototypes)
 

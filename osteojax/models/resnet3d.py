@@ -189,8 +189,6 @@ def encoder_from_config(c) -> ResNet3D:
   """The encoder named by config.model (name, stage_sizes, widths, stem_stride, stem_pool,
   zero_init_residual: True in configs saved before it was a setting; conv: Conv3D's impl,
   'auto' when absent)."""
-  if c.name != 'resnet3d':
-    raise ConfigError(f'unknown model {c.name!r} (known: resnet3d)')
   return ResNet3D(tuple(c.stage_sizes), tuple(c.widths), c.stem_stride, c.stem_pool,
                   zero_init_residual=c.get('zero_init_residual', True),
                   conv=c.get('conv', 'auto'))
