@@ -27,8 +27,9 @@ import osteosim  # noqa: E402  (configs are plain files, not a package)
 def encoder_config(arg=None) -> ml_collections.ConfigDict:
   """The encoder shared by pre-training and fine-tuning (they must match).
 
-  name 'resnet3d' (ResNet34-3D; its fields at this level) or 'swin3d' (3-D Swin-T as in
-  Swin-UNETR's encoder, the fields of `swin`; `--config.model.name=swin3d`).
+  name 'resnet3d' (ResNet34-3D; its fields at this level), 'swin3d' (3-D Swin-T as in
+  Swin-UNETR's encoder, the fields of `swin`; `--config.model.name=swin3d`) or 'vit3d' (ViT,
+  MAE's encoder, the fields of `vit`).
   """
   m = ml_collections.ConfigDict(dict(
       name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
@@ -37,13 +38,18 @@ def encoder_config(arg=None) -> ml_collections.ConfigDict:
       # Swin-T, slim CPU variant: the paper's depths, half its width (heads of 24 channels),
       # a window of 4 that tiles the 16^3 token grid of a 32^3 ROI (7 would pad it to 21^3)
       swin=dict(feature_size=24, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), window=4,
-                patch_size=2)))
+                patch_size=2),
+      # ViT (MAE's encoder), slim CPU variant: 8^3 patches (64 tokens at 32^3, as ViT-B's 16^3
+      # patches give at 64^3), ViT-Tiny's width 192 and 3 heads, half its depth
+      vit=dict(patch_size=8, dim=192, depth=6, heads=3)))
   if arg == 'paper':
     m.widths = (64, 128, 256, 512)
     m.swin.feature_size, m.swin.heads, m.swin.window = 48, (3, 6, 12, 24), 7   # Swin-UNETR's
+    m.vit.patch_size, m.vit.dim, m.vit.depth, m.vit.heads = 16, 768, 12, 12    # ViT-B
   elif arg == 'tiny':
     m.stage_sizes, m.widths, m.stem_pool = (1, 1), (4, 8), False
     m.swin.feature_size, m.swin.depths, m.swin.heads, m.swin.window = 8, (1, 1), (1, 2), 2
+    m.vit.patch_size, m.vit.dim, m.vit.depth, m.vit.heads = 4, 16, 1, 2
   return m
 
 

@@ -1,5 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / fine-tuning of ResNet or Swin) on fixed data; print
-the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / MAE / fine-tuning of ResNet or Swin) on fixed data;
+print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -13,9 +13,10 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import finetune as finetune_config  # noqa: E402
+import mae as mae_config  # noqa: E402
 import tp_swav  # noqa: E402
 
-from osteojax.diagnosis import finetune, pretrain  # noqa: E402
+from osteojax.diagnosis import finetune, pretrain, pretrain_mae  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
@@ -45,7 +46,28 @@ def main_finetune(steps: int = 3, encoder: str = 'resnet3d'):
                         proto_sum=float(np.asarray(gate).sum()))))
 
 
+def main_mae(steps: int = 4):
+  """MAE on random volumes, batch 8 over the simulated devices (per-example masks)."""
+  config = mae_config.get_config('tiny')
+  data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
+  model = pretrain_mae.build_model(config)
+  state = pretrain_mae.init_state(config, model, data.shape[1:], pretrain.optimizer_config(
+      config, 2), 10)
+  p_state = lib.replicate(state)
+  step = lib.make_train_step(pretrain_mae.make_loss_fn(config, model))
+  losses = []
+  for s in range(steps):
+    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 8, 0, s)]}),
+                      jax.random.PRNGKey(0))
+    losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
+  final = flax.jax_utils.unreplicate(p_state).params['encoder']['patch_embed']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses,
+                        proto_sum=float(np.asarray(final).sum()))))
+
+
 def main(views: str, steps: int = 4):
+  if views == 'mae':
+    return main_mae(steps)
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':
