@@ -88,6 +88,7 @@ def test_mae_steps_one_and_four_devices_agree():
   assert one['losses'][-1] < one['losses'][0]
 
 
+@pytest.mark.slow
 def test_mae_then_finetune_tiny(tmp_path):
   """`mae` pre-trains the tiny ViT and the fine-tuning task starts from its encoder."""
   env = dict(os.environ, PYTHONPATH=ROOT)

@@ -1,16 +1,17 @@
-"""Benchmark the TP-SwAV train step: slim and full ResNet34-3D (and 3-D Swin-T with
---encoders swin3d), at the CPU default and the paper's input size. Prints one JSON line.
+"""Benchmark the TP-SwAV train step: slim and full ResNet34-3D (3-D Swin-T and ViT with
+--encoders swin3d vit3d), at the CPU default and the paper's input size. Prints one JSON line.
 
   python tools/bench_train_step.py [--sizes 32 64] [--batch 8] [--steps 3] [--conv lax im2col]
-                                   [--widths slim|full|both] [--encoders resnet3d swin3d]
+                                   [--widths slim|full|both] [--encoders resnet3d swin3d vit3d]
 
 Each entry: step time (s, median of --steps warm steps; the two warm-up calls, the first of
 which compiles, are excluded and reported as first_step_s), and
 examples/s (vertebrae per second; each vertebra gives two views through the encoder), for each
 convolution implementation (models/resnet3d.Conv3D: 'lax' is XLA's convolution, the reference;
 'im2col' the matrix-product / space-to-depth form, 'auto' picks per backend), with each one's
-speed-up over 'lax' at the same widths and size (measured in this run). Swin-T has no
-convolution choice; 'slim' is its CPU variant (configs/tp_swav.py), 'full' its paper size.
+speed-up over 'lax' at the same widths and size (measured in this run). Swin-T and ViT have
+no convolution choice; 'slim' is each one's CPU variant (configs/tp_swav.py), 'full' its paper
+size (Swin-UNETR's encoder, ViT-B).
 """
 import argparse
 import json
@@ -64,7 +65,7 @@ def bench(widths, size, batch, steps, conv='auto', encoder='resnet3d'):
     times.append(time.perf_counter() - t)
   st = float(np.median(times))
   size_of = (dict(conv=conv, widths=list(widths)) if encoder == 'resnet3d' else
-             dict(encoder=encoder, widths=widths, feature_size=config.model.swin.feature_size))
+             dict(encoder=encoder, widths=widths))
   return dict(**size_of, params_m=round(n_params / 1e6, 2), input=size,
               batch=batch, first_step_s=round(first, 2), step_s=round(st, 3),
               examples_per_s=round(batch / st, 2))
@@ -78,15 +79,16 @@ def main():
   ap.add_argument('--conv', nargs='+', default=['lax', 'im2col'],
                   choices=resnet3d.CONV_IMPLS)
   ap.add_argument('--widths', choices=('slim', 'full', 'both'), default='both')
-  ap.add_argument('--encoders', nargs='+', default=['resnet3d'], choices=('resnet3d', 'swin3d'))
+  ap.add_argument('--encoders', nargs='+', default=['resnet3d'],
+                  choices=('resnet3d', 'swin3d', 'vit3d'))
   a = ap.parse_args()
   widths = dict(slim=[(16, 32, 64, 128)], full=[(64, 128, 256, 512)])
   widths['both'] = widths['slim'] + widths['full']
   runs = []
   for s in a.sizes:
-    if 'swin3d' in a.encoders:
+    for enc in [e for e in a.encoders if e != 'resnet3d']:
       for w in (['slim', 'full'] if a.widths == 'both' else [a.widths]):
-        r = bench(w, s, a.batch, a.steps, encoder='swin3d')
+        r = bench(w, s, a.batch, a.steps, encoder=enc)
         print(json.dumps(r), file=sys.stderr, flush=True)      # progress
         runs.append(r)
     for w in (widths[a.widths] if 'resnet3d' in a.encoders else []):

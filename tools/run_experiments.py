@@ -10,9 +10,11 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   tpswav_class_bmd     + BMD loss
   tpswav_unified       + level loss (the unified loss, eq. 4)
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
-  swin_scratch_class, swin_tpswav_class, swin_tpswav_unified_moe
-                       Table 5: the same on the 3-D Swin-T encoder (--rows to choose; the
-                       default is the six ResNet rows)
+  mae_vit_class        Table 2's ViT / MAE row: 3-D ViT pre-trained by MAE, class loss
+  swin_scratch_class   Table 2's Swin-UNETR row and Table 5's first Swin-T row
+  swin_tpswav_class, swin_tpswav_unified_moe
+                       Table 5: TP-SwAV and + MoE + unified loss on the 3-D Swin-T
+(--rows chooses; the default is the six ResNet rows)
 plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
 CT-only oracle (tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run per seed,
 used by the fine-tuning runs of that seed (--pretrain-seeds each, the default: the spread is
@@ -46,6 +48,8 @@ ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE, encoder)
     'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False, 'resnet3d'),
     'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False, 'resnet3d'),
     'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'resnet3d'),
+    # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE
+    'mae_vit_class': ('mae', (1.0, 0.0, 0.0), False, 'vit3d'),
     # Table 5: the backbone ablation on 3-D Swin-T (osteojax/models/swin3d.py)
     'swin_scratch_class': ('', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'swin3d'),

@@ -191,18 +191,25 @@ def post_update(params):
 
 
 # ------------------------------------------------------------------------------------ task
-def run(config, workdir: str):
-  """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
-  if config.views not in ('pool', 'crops'):           # bad names stop before the pool is built
-    raise ConfigError(f"unknown config.views {config.views!r}; known: pool, crops")
-  augment.intensity_bounds(config.swav.intensity)
+def unlabeled_pools(config):
+  """(pools, steps per epoch, total steps, optimiser config) of a pre-training run: the texture
+  pools of the unlabeled vertebrae (built or read from the cache) and the run's schedule."""
   pools = lib.primary_first(lambda: pool_data.ensure_pool(config, ('pretrain',)), 'pool')
   n = len(pools)
   if config.batch_size > n:
     raise ConfigError(f'batch_size {config.batch_size} exceeds the {n} pre-training vertebrae')
   steps_per_epoch = max(n // config.batch_size, 1)
   total = config.epochs * steps_per_epoch
-  optim = optimizer_config(config, steps_per_epoch)
+  return pools, steps_per_epoch, total, optimizer_config(config, steps_per_epoch)
+
+
+def run(config, workdir: str):
+  """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
+  if config.views not in ('pool', 'crops'):           # bad names stop before the pool is built
+    raise ConfigError(f"unknown config.views {config.views!r}; known: pool, crops")
+  augment.intensity_bounds(config.swav.intensity)
+  pools, steps_per_epoch, total, optim = unlabeled_pools(config)
+  n = len(pools)
   model = build_model(config)
   state = init_state(config, model, pools.shape[2:], optim, total)
   print(f'[{config.task}] {n} vertebrae, {steps_per_epoch} steps/epoch x {config.epochs} epochs '

@@ -18,7 +18,7 @@ import numpy as np
 
 from osteojax import models
 from osteojax.data import augment
-from osteojax.diagnosis import pool_data
+from osteojax.diagnosis import pretrain
 from osteojax.errors import ConfigError
 from osteojax.models import vit3d
 from osteojax.objectives import mae
@@ -81,15 +81,8 @@ def make_loss_fn(config, model):
 def run(config, workdir: str):
   """Pre-train the ViT with MAE on the unlabeled vertebrae; checkpoints + TensorBoard."""
   model = build_model(config)                          # checks the encoder before any data
-  pools = lib.primary_first(lambda: pool_data.ensure_pool(config, ('pretrain',)), 'pool')
+  pools, steps_per_epoch, total, optim = pretrain.unlabeled_pools(config)
   n = len(pools)
-  if config.batch_size > n:
-    raise ConfigError(f'batch_size {config.batch_size} exceeds the {n} pre-training vertebrae')
-  steps_per_epoch = max(n // config.batch_size, 1)
-  total = config.epochs * steps_per_epoch
-  optim = config.optim.copy_and_resolve_references()
-  with optim.unlocked():
-    optim.warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
   state = init_state(config, model, pools.shape[2:], optim, total)
   print(f'[mae] {n} vertebrae, {steps_per_epoch} steps/epoch x {config.epochs} epochs = '
         f'{total} steps, batch {config.batch_size} on {jax.device_count()} device(s); mask '
