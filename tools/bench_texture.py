@@ -6,6 +6,8 @@ shapes first; the compile time is reported separately) and is the best of --repe
 passes over all ROIs, host-side crop/pad/paste included.
 
   python tools/bench_texture.py [--n32 4] [--n64 1] [--binWidth 25] [--kernelRadius 1]
+  python tools/bench_texture.py --n32 16 --n64 4 --save-reference ref.npz   # where pyradiomics is
+  python tools/bench_texture.py --n32 16 --n64 4 --reference ref.npz        # e.g. on a GPU machine
 
 `bench(rois, settings)` takes any list of (image, mask, spacing); by default the ROIs are
 OsteoSim vertebrae across the vBMD range (32^3 at 1.8 mm, 64^3 at 0.9 mm; --source synthetic
@@ -21,6 +23,7 @@ import platform
 import sys
 import time
 
+import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from osteojax.data import phantom  # noqa: E402
 from osteojax.texture import GLCMSettings  # noqa: E402
 from osteojax.texture.pool import texture_maps  # noqa: E402
-from osteojax.texture.reference import pyradiomics_maps  # noqa: E402
 from osteojax.texture.synthetic import ct_vertebra_roi  # noqa: E402
 
 
@@ -41,19 +43,44 @@ def max_rel_error(ours: np.ndarray, ref: np.ndarray) -> tuple:
   return float(rel.max(initial=0.0)), int((np.isnan(ours) != np.isnan(ref)).sum())
 
 
+def reference_maps(rois, settings: GLCMSettings, voxel_batch: int):
+  """pyradiomics' maps of `rois` and the seconds they took, with the machine they ran on."""
+  from osteojax.texture.reference import pyradiomics_maps   # pyradiomics only where it runs
+  t0 = time.perf_counter()
+  refs = [pyradiomics_maps(img, msk, sp, settings, voxel_batch) for img, msk, sp in rois]
+  return refs, time.perf_counter() - t0, _machine()
+
+
+def _machine() -> str:
+  return f'{platform.processor() or platform.machine()}, {os.cpu_count()} cpus'
+
+
+def save_reference(path: str, refs, seconds: float, machine: str) -> None:
+  np.savez_compressed(path, seconds=seconds, machine=machine, n=len(refs),
+                      **{f'map{i}': r for i, r in enumerate(refs)})
+
+
+def load_reference(path: str):
+  with np.load(path) as z:
+    return ([z[f'map{i}'] for i in range(int(z['n']))], float(z['seconds']),
+            str(z['machine']))
+
+
 def bench(rois, settings: GLCMSettings = GLCMSettings(), repeats: int = 5,
-          batch_size: int = 4, voxel_batch: int = 1000) -> dict:
+          batch_size: int = 4, voxel_batch: int = 1000, reference=None) -> dict:
   """Times pyradiomics and osteojax on `rois` = [(image, mask, spacing), ...].
 
   voxel_batch: pyradiomics voxelBatch for the timed reference run.  Its default (-1, all
   voxels at once) allocates Nv x Ng x Ng x 13 float64 and runs ~3x slower on a 64^3 ROI;
   1000 is about its fastest, so the reported speedup is the conservative one.
+  reference: (maps, seconds, machine) of an earlier pyradiomics run on the same ROIs
+  (--reference, for a machine without pyradiomics); None runs pyradiomics here.
   """
   n_vox = int(sum(int((np.asarray(m) > 0).sum()) for _, m, _ in rois))
-
-  t0 = time.perf_counter()
-  refs = [pyradiomics_maps(img, msk, sp, settings, voxel_batch) for img, msk, sp in rois]
-  t_pyr = time.perf_counter() - t0
+  refs, t_pyr, pyr_machine = reference or reference_maps(rois, settings, voxel_batch)
+  if len(refs) != len(rois) or any(np.shape(r)[-3:] != np.shape(i) for r, (i, _, _) in
+                                   zip(refs, rois)):
+    raise SystemExit('error: the reference maps are not of these ROIs (other --n32/--n64/--seed?)')
 
   t0 = time.perf_counter()
   texture_maps(rois, settings, batch_size)                    # compile + first run
@@ -80,7 +107,7 @@ def bench(rois, settings: GLCMSettings = GLCMSettings(), repeats: int = 5,
       max_rel_error=max(e for e, _ in errs), nan_mismatches=sum(n for _, n in errs),
       timing='osteojax: best of %d warm passes (JAX compile excluded; first call incl. '
              'compile reported separately); both count ROI voxels' % repeats,
-      machine=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cpus')
+      machine=_machine(), pyradiomics_machine=pyr_machine, jax_device=str(jax.devices()[0]))
 
 
 def main(argv=None) -> int:
@@ -95,6 +122,12 @@ def main(argv=None) -> int:
                  help='ROIs: OsteoSim vertebrae (default) or the simple synthetic stand-ins')
   p.add_argument('--voxelBatch', type=int, default=1000,
                  help='pyradiomics voxelBatch for the reference run (-1: its default)')
+  p.add_argument('--save-reference', default='', metavar='NPZ',
+                 help='also write the pyradiomics maps and time to NPZ')
+  p.add_argument('--reference', default='', metavar='NPZ',
+                 help='pyradiomics maps and time from an earlier --save-reference run on the '
+                      'same ROIs (a machine without pyradiomics; the speed-up then compares '
+                      'two machines, and the JSON names both)')
   a = p.parse_args(argv)
   if a.source == 'osteosim':   # OsteoSim vertebrae: 32^3 at 1.8 mm, 64^3 at 0.9 mm
     rois = (phantom.sample_rois(a.n32, (32,) * 3, 1.8, a.seed)
@@ -104,7 +137,13 @@ def main(argv=None) -> int:
     rois = ([ct_vertebra_roi(rng, (32, 32, 32)) for _ in range(a.n32)]
             + [ct_vertebra_roi(rng, (64, 64, 64)) for _ in range(a.n64)])
   settings = GLCMSettings(binWidth=a.binWidth, kernelRadius=a.kernelRadius)
-  print(json.dumps(bench(rois, settings, a.repeats, voxel_batch=a.voxelBatch)))
+  reference = load_reference(a.reference) if a.reference else None
+  if reference is None and a.save_reference:
+    reference = reference_maps(rois, settings, a.voxelBatch)
+    save_reference(a.save_reference, *reference)
+  out = bench(rois, settings, a.repeats, voxel_batch=a.voxelBatch, reference=reference)
+  out['pyradiomics_here'] = not a.reference
+  print(json.dumps(out))
   return 0
 
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The accelerator checks in one call: paper-size train steps (ResNet34-3D, 3-D Swin-T, ViT-B at
+# 64^3, batch 32) beside the CPU default's slim step, texture maps against pyradiomics' maps,
+# the all-pairs correlation and registration at the paper's resolution. Each benchmark prints
+# its JSON; all of it is written under $OUT (default results/gpu). Every step has its own time
+# limit so that one slow compile leaves the others' numbers.
+#
+#   bash tools/gpu_checks.sh            # needs: SimpleITK, ml-collections, ott-jax importable
+#   WHEELS=.whl bash tools/gpu_checks.sh   # first installs the wheels in .whl/ to /tmp/site
+#
+# The texture step compares with pyradiomics maps saved by
+#   python tools/bench_texture.py --n32 16 --n64 4 --save-reference .gpu/texture_ref.npz
+# on a machine that has pyradiomics (TEXTURE_REF names the file; skipped when it is absent).
+set -u
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}     # the tools import osteojax from here
+if [ -n "${WHEELS:-}" ]; then
+  rm -rf /tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+smoke() { $PY -c "import flax, optax, jax; from osteojax.diagnosis import pretrain, finetune; \
+from osteojax.align import register; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, jax.devices())"; }
+if ! smoke 2>"$OUT/smoke.err"; then    # the machine's flax / optax do not fit: use the pinned ones
+  tail -3 "$OUT/smoke.err"
+  if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/alt/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHEELS"/alt/*.whl && smoke || exit 1
+  else
+    exit 1
+  fi
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>/dev/null
+step() {   # step NAME SECONDS COMMAND...: run with a limit, JSON to $OUT/NAME.json
+  local name=$1 limit=$2; shift 2
+  case " ${ONLY:-$name} " in *" $name "*) ;; *) return 0 ;; esac   # ONLY="a b": these steps
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.json" 2>"$OUT/$name.err"
+  local rc=$?
+  echo "== $name: rc $rc in $((SECONDS - t0)) s"
+  if [ $rc -ne 0 ]; then tail -c 1200 "$OUT/$name.err"; fi
+  tail -c 1500 "$OUT/$name.json"; echo
+}
+step train_paper 200 $PY tools/bench_train_step.py --sizes 64 --batch 32 --widths full \
+  --conv lax --encoders resnet3d swin3d vit3d --steps 10
+step train_slim 50 $PY tools/bench_train_step.py --sizes 32 --batch 32 --widths slim \
+  --conv lax --steps 10
+step correlation 50 $PY tools/bench_correlation.py --sizes 10,32,100 --skip-loop-above 10
+step registration 90 $PY tools/bench_registration.py --data bodysim --scales 1 4 --pairs 6
+REF=${TEXTURE_REF:-.gpu/texture_ref.npz}
+if [ -f "$REF" ]; then
+  step texture 60 $PY tools/bench_texture.py --n32 16 --n64 4 --repeats 5 --reference "$REF"
+fi
