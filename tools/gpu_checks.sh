@@ -5,36 +5,14 @@
 # its JSON; all of it is written under $OUT (default results/gpu). Every step has its own time
 # limit so that one slow compile leaves the others' numbers.
 #
-#   bash tools/gpu_checks.sh            # needs: SimpleITK, ml-collections, ott-jax importable
+#   bash tools/gpu_checks.sh               # the environment as tools/gpu_env.sh sets it up
 #   WHEELS=.whl bash tools/gpu_checks.sh   # first installs the wheels in .whl/ to /tmp/site
 #
 # The texture step compares with pyradiomics maps saved by
 #   python tools/bench_texture.py --n32 16 --n64 4 --save-reference .gpu/texture_ref.npz
 # on a machine that has pyradiomics (TEXTURE_REF names the file; skipped when it is absent).
 set -u
-OUT=${OUT:-results/gpu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}     # the tools import osteojax from here
-if [ -n "${WHEELS:-}" ]; then
-  rm -rf /tmp/site
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
-smoke() { $PY -c "import flax, optax, jax; from osteojax.diagnosis import pretrain, finetune; \
-from osteojax.align import register; print('jax', jax.__version__, 'flax', flax.__version__, \
-'optax', optax.__version__, jax.devices())"; }
-if ! smoke 2>"$OUT/smoke.err"; then    # the machine's flax / optax do not fit: use the pinned ones
-  tail -3 "$OUT/smoke.err"
-  if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/alt/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$WHEELS"/alt/*.whl && smoke || exit 1
-  else
-    exit 1
-  fi
-fi
+source "$(dirname "$0")/gpu_env.sh" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>/dev/null
 step() {   # step NAME SECONDS COMMAND...: run with a limit, JSON to $OUT/NAME.json
   local name=$1 limit=$2; shift 2
