@@ -17,6 +17,7 @@ uses the simple stand-ins of osteojax/texture/synthetic.py).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -55,13 +56,25 @@ def _machine() -> str:
   return f'{platform.processor() or platform.machine()}, {os.cpu_count()} cpus'
 
 
-def save_reference(path: str, refs, seconds: float, machine: str) -> None:
+def rois_digest(rois) -> str:
+  """A digest of the ROIs' images, masks and spacings: a saved reference is of these ROIs only."""
+  h = hashlib.sha1()
+  for img, msk, sp in rois:
+    for a in (img, msk, sp):
+      h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+  return h.hexdigest()
+
+
+def save_reference(path: str, rois, refs, seconds: float, machine: str) -> None:
   np.savez_compressed(path, seconds=seconds, machine=machine, n=len(refs),
-                      **{f'map{i}': r for i, r in enumerate(refs)})
+                      rois=rois_digest(rois), **{f'map{i}': r for i, r in enumerate(refs)})
 
 
-def load_reference(path: str):
+def load_reference(path: str, rois):
   with np.load(path) as z:
+    if str(z['rois']) != rois_digest(rois):
+      raise SystemExit(f'error: {path} holds the maps of other ROIs (other --n32/--n64/--seed/'
+                       '--source?)')
     return ([z[f'map{i}'] for i in range(int(z['n']))], float(z['seconds']),
             str(z['machine']))
 
@@ -78,9 +91,6 @@ def bench(rois, settings: GLCMSettings = GLCMSettings(), repeats: int = 5,
   """
   n_vox = int(sum(int((np.asarray(m) > 0).sum()) for _, m, _ in rois))
   refs, t_pyr, pyr_machine = reference or reference_maps(rois, settings, voxel_batch)
-  if len(refs) != len(rois) or any(np.shape(r)[-3:] != np.shape(i) for r, (i, _, _) in
-                                   zip(refs, rois)):
-    raise SystemExit('error: the reference maps are not of these ROIs (other --n32/--n64/--seed?)')
 
   t0 = time.perf_counter()
   texture_maps(rois, settings, batch_size)                    # compile + first run
@@ -137,10 +147,10 @@ def main(argv=None) -> int:
     rois = ([ct_vertebra_roi(rng, (32, 32, 32)) for _ in range(a.n32)]
             + [ct_vertebra_roi(rng, (64, 64, 64)) for _ in range(a.n64)])
   settings = GLCMSettings(binWidth=a.binWidth, kernelRadius=a.kernelRadius)
-  reference = load_reference(a.reference) if a.reference else None
+  reference = load_reference(a.reference, rois) if a.reference else None
   if reference is None and a.save_reference:
     reference = reference_maps(rois, settings, a.voxelBatch)
-    save_reference(a.save_reference, *reference)
+    save_reference(a.save_reference, rois, *reference)
   out = bench(rois, settings, a.repeats, voxel_batch=a.voxelBatch, reference=reference)
   out['pyradiomics_here'] = not a.reference
   print(json.dumps(out))

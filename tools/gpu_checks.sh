@@ -33,4 +33,6 @@ step registration 90 $PY tools/bench_registration.py --data bodysim --scales 1 4
 REF=${TEXTURE_REF:-.gpu/texture_ref.npz}
 if [ -f "$REF" ]; then
   step texture 60 $PY tools/bench_texture.py --n32 16 --n64 4 --repeats 5 --reference "$REF"
+else
+  echo "== texture: skipped, no pyradiomics reference at $REF"
 fi
