@@ -1,5 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / MAE / fine-tuning of ResNet or Swin) on fixed data;
-print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / MAE / VoCo / fine-tuning of ResNet or Swin) on fixed
+data; print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -15,8 +15,9 @@ sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import finetune as finetune_config  # noqa: E402
 import mae as mae_config  # noqa: E402
 import tp_swav  # noqa: E402
+import voco as voco_config  # noqa: E402
 
-from osteojax.diagnosis import finetune, pretrain, pretrain_mae  # noqa: E402
+from osteojax.diagnosis import finetune, pretrain, pretrain_mae, pretrain_voco  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
@@ -65,9 +66,34 @@ def main_mae(steps: int = 4):
                         proto_sum=float(np.asarray(final).sum()))))
 
 
+def main_voco(steps: int = 4):
+  """VoCo on random volumes, batch 8 over the simulated devices (per-example crops, BatchNorm
+  over all crops of all devices)."""
+  config = voco_config.get_config('tiny')
+  data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
+  model = pretrain_voco.build_model(config)
+  crop = pretrain_voco.check_config(config)
+  state = pretrain_voco.init_state(config, model, crop, pretrain.optimizer_config(config, 2), 10)
+  p_state = lib.replicate(state)
+  step = lib.make_train_step(pretrain_voco.make_loss_fn(config, model))
+  losses = []
+  for s in range(steps):
+    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 8, 0, s)]}),
+                      jax.random.PRNGKey(0))
+    losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
+  final = flax.jax_utils.unreplicate(p_state)
+  stem = final.params['encoder']['stem']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses,
+                        proto_sum=float(np.asarray(stem).sum()),
+                        stats_sum=float(sum(np.asarray(x).sum() for x in
+                                            jax.tree_util.tree_leaves(final.batch_stats))))))
+
+
 def main(views: str, steps: int = 4):
   if views == 'mae':
     return main_mae(steps)
+  if views == 'voco':
+    return main_voco(steps)
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':

@@ -1,0 +1,131 @@
+"""VoCo: overlap targets against voxel counting on an explicit index grid, the loss against a
+numpy computation, config checks, 1 vs 4 devices, and VoCo -> fine-tuning end to end (tiny)."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import multidevice
+from osteojax.diagnosis import pretrain_voco
+from osteojax.errors import ConfigError
+from osteojax.objectives import voco
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import voco as voco_config  # noqa: E402
+
+
+def _label_volume(shape, grid):
+  """Each voxel's base crop index in raster order (z, y, x), from its coordinates."""
+  z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing='ij')
+  d, h, w = (s // grid for s in shape)
+  return (z // d) * grid * grid + (y // h) * grid + x // w
+
+
+@pytest.mark.parametrize('shape,grid', [((16, 16, 16), 2), ((8, 12, 16), 2), ((12, 12, 12), 3)])
+def test_overlap_targets_count_voxels(shape, grid):
+  crop = voco.crop_shape(shape, grid)
+  labels = _label_volume(shape, grid)
+  far = [s - c for s, c in zip(shape, crop)]                 # the last position on each axis
+  rng = np.random.default_rng(0)
+  starts = np.array([[0, 0, 0], far, [0, far[1], 1], [far[0], 0, far[2] // 2],
+                     [1, 1, 1]] + [[rng.integers(0, f + 1) for f in far] for _ in range(6)])
+  got = np.asarray(voco.overlap_targets(jnp.asarray(starts), crop, grid))
+  for s, row in zip(starts, got):
+    box = labels[s[0]:s[0] + crop[0], s[1]:s[1] + crop[1], s[2]:s[2] + crop[2]]
+    want = np.bincount(box.ravel(), minlength=grid ** 3) / box.size
+    np.testing.assert_allclose(row, want, atol=1e-7)
+  np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-6)
+  assert got[0].max() == 1.0 and got[1].max() == 1.0          # aligned with a base crop
+  # the crops are those boxes, and base crop k is the region of label k
+  vol = jnp.asarray(labels, jnp.float32)
+  np.testing.assert_array_equal(
+      voco.random_crops(vol, jnp.asarray(starts), crop)[2],
+      labels[0:crop[0], far[1]:far[1] + crop[1], 1:1 + crop[2]])
+  bases = np.asarray(voco.base_crops(vol, grid))
+  assert bases.shape == (grid ** 3,) + crop
+  for k in range(grid ** 3):
+    assert (bases[k] == k).all()
+
+
+def test_random_starts_cover_every_position():
+  starts = np.asarray(voco.random_starts(jax.random.PRNGKey(0), 4000, (16, 12, 8), (8, 6, 4)))
+  for a, hi in enumerate((8, 6, 4)):
+    assert set(starts[:, a].tolist()) == set(range(hi + 1))   # the border included
+
+
+def test_loss_by_hand():
+  base = np.array([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])    # b=1, K=3, F=2
+  rand = np.array([[[3.0, 0.0], [-1.0, 0.5]]])               # R=2
+  y = np.array([[[0.25, 0.0, 0.75], [0.0, 1.0, 0.0]]])
+
+  def cos(a, b):
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+  logits = np.array([[max(cos(q, k), 0.0) for k in base[0]] for q in rand[0]])
+  # q1 = (1, 0): cos 1, 0, 1/sqrt(2); q2 = (-1, .5)/|.|: -0.894 -> 0, 0.447, -0.316 -> 0
+  np.testing.assert_allclose(logits, [[1, 0, 2 ** -0.5], [0, 1 / 5 ** 0.5, 0]], atol=1e-12)
+  pre = -np.mean(np.log(1 - np.abs(y[0] - logits) + 1e-6))
+  reg = np.mean([abs(cos(base[0][i], base[0][j])) for i, j in ((0, 1), (0, 2), (1, 2))])
+  assert reg == pytest.approx((0 + 2 ** -0.5 + 2 ** -0.5) / 3)
+  loss, m = voco.voco_loss(jnp.asarray(base), jnp.asarray(rand), jnp.asarray(y), 0.5)
+  assert float(m['prediction_loss']) == pytest.approx(pre, rel=1e-5)
+  assert float(m['regularization_loss']) == pytest.approx(reg, rel=1e-5)
+  assert float(loss) == pytest.approx(pre + 0.5 * reg, rel=1e-5)
+  assert float(m['top1']) == 0.5          # q1: logit base 0, target base 2; q2: both 1
+  # the prediction term reaches the base crops through no gradient; the regulariser does
+  g = jax.grad(lambda b: voco.voco_loss(b, jnp.asarray(rand), jnp.asarray(y), 0.0)[0])(
+      jnp.asarray(base))
+  assert float(jnp.abs(g).max()) == 0.0
+  g = jax.grad(lambda b: voco.regularization_loss(b))(jnp.asarray(base))
+  assert float(jnp.abs(g).max()) > 0.0
+
+
+def test_config_checks():
+  c = voco_config.get_config()
+  assert pretrain_voco.check_config(c) == (16, 16, 16)       # 2 x 2 x 2 crops of the 32^3 ROI
+  assert voco_config.get_config('paper').voco.proj_dim == 2048
+  for field, value, match in [('voco.grid', 3, 'does not divide'), ('voco.grid', 1, '>= 2'),
+                              ('voco.num_crops', 0, 'num_crops'),
+                              ('voco.reg_weight', -1.0, 'reg_weight'),
+                              ('model.name', 'vit3d', 'resnet3d')]:
+    bad = voco_config.get_config()
+    section, key = field.split('.')
+    bad[section][key] = value
+    with pytest.raises(ConfigError, match=match):
+      pretrain_voco.build_model(bad)
+
+
+def test_voco_steps_one_and_four_devices_agree():
+  one, four = multidevice.run('pmap_losses.py', 'voco')
+  np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
+  # BatchNorm's running statistics, summed: float32 sums in another order (pmean over devices)
+  np.testing.assert_allclose(one['stats_sum'], four['stats_sum'], rtol=1e-4)
+  assert np.isfinite(one['losses']).all()
+
+
+@pytest.mark.slow
+def test_voco_then_finetune_tiny(tmp_path):
+  """`voco` pre-trains the tiny ResNet and the fine-tuning task starts from its encoder."""
+  from osteojax.train import pretrained
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  data = f'--config.data.dir={tmp_path / "data"}'
+  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config', 'configs/voco.py:tiny',
+                      '--workdir', str(tmp_path / 'voco'), data], capture_output=True,
+                     encoding='utf-8', errors='replace', cwd=ROOT, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '[voco] done' in r.stdout
+  _, enc, _ = pretrained.load_encoder(str(tmp_path / 'voco'))
+  assert 'stem' in enc['params'] and 'stem_bn' in enc['batch_stats']
+  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
+                      'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
+                      f'--config.init.checkpoint={tmp_path / "voco"}', '--config.epochs=1'],
+                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'encoder from {tmp_path / "voco"}' in r.stdout
+  assert (tmp_path / 'ft' / 'predictions.csv').exists()
