@@ -11,10 +11,11 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   tpswav_unified       + level loss (the unified loss, eq. 4)
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
   mae_vit_class        Table 2's ViT / MAE row: 3-D ViT pre-trained by MAE, class loss
+  voco_class           Table 2's ResNet34 / VoCo row: ResNet34-3D pre-trained by VoCo, class loss
   swin_scratch_class   Table 2's Swin-UNETR row and Table 5's first Swin-T row
   swin_tpswav_class, swin_tpswav_unified_moe
                        Table 5: TP-SwAV and + MoE + unified loss on the 3-D Swin-T
-(--rows chooses; the default is the six ResNet rows)
+(--rows chooses; the default is the six ResNet rows above mae_vit_class)
 plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
 CT-only oracle (tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run per seed,
 used by the fine-tuning runs of that seed (--pretrain-seeds each, the default: the spread is
@@ -48,14 +49,19 @@ ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE, encoder)
     'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False, 'resnet3d'),
     'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False, 'resnet3d'),
     'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'resnet3d'),
-    # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE
+    # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE,
+    # ResNet34 + VoCo (each pre-training method's config is configs/<method>.py)
     'mae_vit_class': ('mae', (1.0, 0.0, 0.0), False, 'vit3d'),
+    'voco_class': ('voco', (1.0, 0.0, 0.0), False, 'resnet3d'),
     # Table 5: the backbone ablation on 3-D Swin-T (osteojax/models/swin3d.py)
     'swin_scratch_class': ('', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'swin3d'),
 }
-RESNET_ROWS = [r for r in ROWS if ROWS[r][3] == 'resnet3d']
+# The default: the ResNet rows of Tables 3-4 (TP-SwAV, SwAV, scratch); the other Table 2 rows
+# are asked for by name
+DEFAULT_ROWS = [r for r in ROWS if ROWS[r][3] == 'resnet3d' and ROWS[r][0] in ('', 'swav',
+                                                                                'tp_swav')]
 BASE = 'tpswav_unified_moe'
 
 
@@ -115,7 +121,7 @@ def main():
   ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   ap.add_argument('--out', default='results/grid')
   ap.add_argument('--arg', default='', help="config argument ('' = CPU default, tiny, paper)")
-  ap.add_argument('--rows', nargs='+', default=RESNET_ROWS, choices=list(ROWS))
+  ap.add_argument('--rows', nargs='+', default=DEFAULT_ROWS, choices=list(ROWS))
   ap.add_argument('--finetune-epochs', type=int, default=None)
   ap.add_argument('--pretrain-epochs', type=int, default=None)
   ap.add_argument('--pretrain-seeds', choices=('shared', 'each'), default='each')
