@@ -1,4 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / MAE / fine-tuning of ResNet or Swin) on fixed data;
+"""Run a few train steps (TP-SwAV / SwAV / MAE / SwinMM / fine-tuning of ResNet or Swin) on fixed
+data;
 print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
@@ -14,9 +15,10 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import finetune as finetune_config  # noqa: E402
 import mae as mae_config  # noqa: E402
+import swinmm as swinmm_config  # noqa: E402
 import tp_swav  # noqa: E402
 
-from osteojax.diagnosis import finetune, pretrain, pretrain_mae  # noqa: E402
+from osteojax.diagnosis import finetune, pretrain, pretrain_mae, pretrain_swinmm  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
@@ -65,9 +67,33 @@ def main_mae(steps: int = 4):
                         proto_sum=float(np.asarray(final).sum()))))
 
 
+def main_swinmm(steps: int = 4):
+  """SwinMM on random volumes, batch 8 over the simulated devices (per-example views and masks,
+  the contrastive loss over the gathered global batch)."""
+  config = swinmm_config.get_config('tiny')
+  data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
+  model = pretrain_swinmm.build_model(config)
+  state = pretrain_swinmm.init_state(config, model, data.shape[1:], pretrain.optimizer_config(
+      config, 2), 10)
+  p_state = lib.replicate(state)
+  step = lib.make_train_step(pretrain_swinmm.make_loss_fn(config, model))
+  losses, terms = [], []
+  for s in range(steps):
+    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 8, 0, s)]}),
+                      jax.random.PRNGKey(0))
+    m = flax.jax_utils.unreplicate(m)
+    losses.append(float(m['loss']))
+    terms.append([float(m[k]) for k in ('rotation', 'contrast', 'recon', 'mutual')])
+  final = flax.jax_utils.unreplicate(p_state).params['encoder']['patch_embed']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses, terms=terms,
+                        proto_sum=float(np.asarray(final).sum()))))
+
+
 def main(views: str, steps: int = 4):
   if views == 'mae':
     return main_mae(steps)
+  if views == 'swinmm':
+    return main_swinmm(steps)
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':
