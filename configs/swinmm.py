@@ -11,10 +11,9 @@ pre-training method with one recipe), the encoder `model.swin` (slim: feature si
 4; `:paper` Swin-UNETR's encoder), except the learning rate: 1e-4, the paper's for
 transformers, also on CPU (Swin-T TP-SwAV at the CPU 1e-3 was reported to diverge; not rerun
 here). SwinMM's own settings (its public code: osteojax/diagnosis/pretrain_swinmm.py): half of
-the mask cubes masked, cubes
-of 8 voxels at 32^3 (the code's 16 at 64^3: 4^3 cubes either way), reconstruction targets
-standardised per volume, NT-Xent temperature 0.5, a 512-d contrastive embedding, weight 1 on
-each of the four losses.
+the mask cubes masked, cubes of 8 voxels at 32^3 (the code's 16 at 64^3: 4^3 cubes either
+way), reconstruction targets standardised per volume, NT-Xent temperature 0.5, a 512-d
+contrastive embedding, weight 1 on each of the four losses.
 """
 import os
 import sys
