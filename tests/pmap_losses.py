@@ -1,5 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / MAE / VoCo / fine-tuning of ResNet or Swin) on fixed
-data; print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / MAE / VoCo / SwinMM / fine-tuning of ResNet or Swin) on
+fixed data; print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -14,10 +14,12 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
 import finetune as finetune_config  # noqa: E402
 import mae as mae_config  # noqa: E402
+import swinmm as swinmm_config  # noqa: E402
 import tp_swav  # noqa: E402
 import voco as voco_config  # noqa: E402
 
-from osteojax.diagnosis import finetune, pretrain, pretrain_mae, pretrain_voco  # noqa: E402
+from osteojax.diagnosis import (finetune, pretrain, pretrain_mae, pretrain_swinmm,  # noqa: E402
+                                pretrain_voco)
 from osteojax.train import lib  # noqa: E402
 
 
@@ -87,6 +89,26 @@ def main_voco(steps: int = 4):
                         proto_sum=float(np.asarray(stem).sum()),
                         stats_sum=float(sum(np.asarray(x).sum() for x in
                                             jax.tree_util.tree_leaves(final.batch_stats))))))
+def main_swinmm(steps: int = 4):
+  """SwinMM on random volumes, batch 8 over the simulated devices (per-example views and masks,
+  the contrastive loss over the gathered global batch)."""
+  config = swinmm_config.get_config('tiny')
+  data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
+  model = pretrain_swinmm.build_model(config)
+  state = pretrain_swinmm.init_state(config, model, data.shape[1:], pretrain.optimizer_config(
+      config, 2), 10)
+  p_state = lib.replicate(state)
+  step = lib.make_train_step(pretrain_swinmm.make_loss_fn(config, model))
+  losses, terms = [], []
+  for s in range(steps):
+    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 8, 0, s)]}),
+                      jax.random.PRNGKey(0))
+    m = flax.jax_utils.unreplicate(m)
+    losses.append(float(m['loss']))
+    terms.append([float(m[k]) for k in ('rotation', 'contrast', 'recon', 'mutual')])
+  final = flax.jax_utils.unreplicate(p_state).params['encoder']['patch_embed']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses, terms=terms,
+                        proto_sum=float(np.asarray(final).sum()))))
 
 
 def main(views: str, steps: int = 4):
@@ -94,6 +116,8 @@ def main(views: str, steps: int = 4):
     return main_mae(steps)
   if views == 'voco':
     return main_voco(steps)
+  if views == 'swinmm':
+    return main_swinmm(steps)
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':

@@ -15,11 +15,14 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   swin_scratch_class   Table 2's Swin-UNETR row and Table 5's first Swin-T row
   swin_tpswav_class, swin_tpswav_unified_moe
                        Table 5: TP-SwAV and + MoE + unified loss on the 3-D Swin-T
+  swinmm_swin_class    Table 2's SwinT / SwinMM row (= Table 5's SwinMM row): 3-D Swin-T
+                       pre-trained by SwinMM, class loss
 (--rows chooses; the default is the six ResNet rows above mae_vit_class)
 plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
-CT-only oracle (tools/run_baselines.py). Pre-training: one TP-SwAV and one SwAV run per seed,
-used by the fine-tuning runs of that seed (--pretrain-seeds each, the default: the spread is
-that of pre-training and fine-tuning together), or one seed-0 run shared by all (shared).
+CT-only oracle (tools/run_baselines.py). Pre-training: one run per method (configs/<method>.py:
+tp_swav, swav, mae, voco, swinmm) and encoder per seed, used by the fine-tuning runs of that seed
+(--pretrain-seeds each, the default: the spread is that of pre-training and fine-tuning
+together), or one seed-0 run shared by all (shared).
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
 skipped, interrupted ones resume from their checkpoints. Writes <out>/results.md, results.json,
 results_compact.md, roc_vertebra.png, roc_patient.png (thresholds from validation only),
@@ -42,7 +45,7 @@ from osteojax.data import io as dio  # noqa: E402
 from osteojax.data import task as data_task  # noqa: E402
 from osteojax.evaluate import diagnosis  # noqa: E402
 
-ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE, encoder)
+ROWS = {  # name: (pre-training: configs/<it>.py, '' none; weights cls/bmd/level, MoE, encoder)
     'scratch_class': ('', (1.0, 0.0, 0.0), False, 'resnet3d'),
     'swav_class': ('swav', (1.0, 0.0, 0.0), False, 'resnet3d'),
     'tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'resnet3d'),
@@ -57,6 +60,8 @@ ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE, encoder)
     'swin_scratch_class': ('', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'swin3d'),
+    # Table 2's SwinT / SwinMM row, also Table 5's SwinMM row (configs/swinmm.py)
+    'swinmm_swin_class': ('swinmm', (1.0, 0.0, 0.0), False, 'swin3d'),
 }
 # The default: the ResNet rows of Tables 3-4 (TP-SwAV, SwAV, scratch); the other Table 2 rows
 # are asked for by name

@@ -158,7 +158,8 @@ class PatchMerging3D(nn.Module):
 class SwinT3D(nn.Module):
   """Swin-T encoder: [B, D, H, W, C] -> pooled features [B, 2^len(depths) * feature_size].
 
-  Each axis of the input must be a multiple of patch_size.
+  Each axis of the input must be a multiple of patch_size. `features` gives the normalised
+  last grid before the mean (for a pre-training decoder; the same parameters).
   """
   feature_size: int = 48
   depths: Sequence[int] = (2, 2, 2, 2)
@@ -167,9 +168,14 @@ class SwinT3D(nn.Module):
   patch_size: int = 2
   mlp_ratio: float = 4.0
 
-  @nn.compact
   def __call__(self, x, train: bool = True):
     del train                                   # no dropout, no BatchNorm
+    return jnp.mean(self.features(x), axis=(1, 2, 3))
+
+  @nn.compact
+  def features(self, x):
+    """[B, D, H, W, C] -> the last stage's grid after the final LayerNorm, [B, d, h, w, F]
+    (d = ceil(D / patch_size / 2^len(depths)), ...)."""
     b, d, h, w, c = x.shape
     p = self.patch_size
     if d % p or h % p or w % p:
@@ -182,8 +188,7 @@ class SwinT3D(nn.Module):
         x = SwinBlock3D(x.shape[-1], heads, self.window, shifted=j % 2 == 1,
                         mlp_ratio=self.mlp_ratio, name=f'stage{i + 1}_block{j + 1}')(x)
       x = PatchMerging3D(name=f'stage{i + 1}_merge')(x)
-    x = nn.LayerNorm(LN_EPS, name='norm')(x)
-    return jnp.mean(x, axis=(1, 2, 3))
+    return nn.LayerNorm(LN_EPS, name='norm')(x)
 
 
 def encoder_from_config(c) -> SwinT3D:

@@ -1,0 +1,116 @@
+"""SwinMM's pre-training objectives (Wang et al., MICCAI 2023) on volumes: the views, patch
+masking and the four losses (masked reconstruction, mutual learning, rotation, contrast).
+
+A volume is [D, H, W] (z, y, x). The views are SwinMM's: a rotation by k quarter-turns in the
+(H, W) plane (the code's rot90 over its last two spatial axes) and a transposition that swaps the
+first axis with the second or the third (the code's permutations 1 and 2; 0 is the identity).
+Both need equal edges; a transposition is its own inverse.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from osteojax.objectives import mae
+
+NUM_ROTATIONS = 4
+TRANSPOSES = ((0, 1, 2), (1, 0, 2), (2, 1, 0))    # axis orders: identity, D<->H, D<->W
+
+
+# ------------------------------------------------------------------------------------ views
+def rotate(v, k):
+  """v [D, H, W, ...] turned k (traced int, any sign) quarter-turns in the (H, W) plane, as
+  np.rot90(v, k, axes=(1, 2))."""
+  return lax.switch(jnp.mod(k, NUM_ROTATIONS),
+                    [lambda a, i=i: jnp.rot90(a, i, axes=(1, 2)) for i in range(NUM_ROTATIONS)], v)
+
+
+def transpose(v, p):
+  """v [D, H, W, ...] with its spatial axes in the order TRANSPOSES[p] (p traced: 0, 1 or 2)."""
+  rest = tuple(range(3, v.ndim))
+  return lax.switch(p, [lambda a, t=t: jnp.transpose(a, t + rest) for t in TRANSPOSES], v)
+
+
+def view(v, k, p):
+  """SwinMM's view (k, p) of a volume: rotated by k quarter-turns, then transposed by p."""
+  return transpose(rotate(v, k), p)
+
+
+def unview(v, k, p):
+  """The inverse of view(., k, p): back to the volume's own orientation."""
+  return rotate(transpose(v, p), -k)
+
+
+# ------------------------------------------------------------------------------------ masking
+def num_masked(n_patches: int, mask_ratio: float) -> int:
+  """Masked patches per volume: round(n ratio), as SwinMM's mask_rand_patch."""
+  return int(round(n_patches * mask_ratio))
+
+
+def patch_mask(key, shape, patch: int, mask_ratio: float):
+  """[D, H, W] float32, 1 on the voxels of num_masked(...) random patch^3 cubes (a uniformly
+  random subset of the patch grid), 0 elsewhere. Each edge must be a multiple of patch."""
+  grid = tuple(s // patch for s in shape)
+  n = grid[0] * grid[1] * grid[2]
+  order = jnp.argsort(jax.random.uniform(key, (n,)))
+  m = jnp.zeros((n,), jnp.float32).at[order[:num_masked(n, mask_ratio)]].set(1.0)
+  m = m.reshape(grid)
+  for ax in range(3):
+    m = jnp.repeat(m, patch, axis=ax)
+  return m
+
+
+# ------------------------------------------------------------------------------------ losses
+def normalized_volumes(x, eps: float = 1e-6):
+  """Each volume [B, ...] standardised by the mean and variance of all its voxels (SwinMM's
+  norm_pix_loss reshapes its target to [B, C, voxels]: one mean per volume, not per patch)."""
+  flat = x.reshape(x.shape[0], 1, -1)
+  return mae.normalized_targets(flat, eps).reshape(x.shape)
+
+
+def masked_mse(pred, target, mask):
+  """Mean squared error over the voxels where mask is 1. pred, target, mask: [B, ...].
+
+  Every volume masks the same number of voxels, so the mean over a device's shard averaged
+  over the devices is the global mean.
+  """
+  return jnp.sum((pred - target) ** 2 * mask) / jnp.sum(mask)
+
+
+def mutual_loss(rec, rec_other, k, p, mask):
+  """SwinMM's mutual learning: the reconstruction of another view of the same masked input,
+  brought back to rec's orientation, should agree with rec on the masked voxels.
+
+  rec, rec_other: [B, D, H, W]; rec_other is of the view (k [B], p [B]) of rec's input; mask
+  [B, D, H, W] in rec's orientation. Both reconstructions receive gradients (as in SwinMM).
+  """
+  back = jax.vmap(unview)(rec_other, k, p)
+  return masked_mse(rec, back, mask)
+
+
+def rotation_loss(logits, labels):
+  """Cross-entropy of the rotation classifier. logits [N, 4], labels [N] in 0..3."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+def nt_xent(z1, z2, temperature: float):
+  """SwinMM's (SimCLR's) contrastive loss of N pairs (z1[i], z2[i]) [N, F].
+
+  Cosine similarities s of the 2N embeddings; each embedding's positive is its pair; the mean
+  over the 2N embeddings of -log(exp(s_pos / t) / sum over the 2N - 1 others of exp(s / t)).
+  """
+  z = jnp.concatenate([z1, z2])
+  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  n = z1.shape[0]
+  logits = z @ z.T / temperature
+  logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
+  pos = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(logp[jnp.arange(2 * n), pos])
+
+
+def total_loss(terms: dict, weights) -> jnp.ndarray:
+  """sum over the weights' names of weight * term (names: rotation, contrast, recon, mutual)."""
+  return sum(weights[k] * terms[k] for k in ('rotation', 'contrast', 'recon', 'mutual'))
