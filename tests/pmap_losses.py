@@ -1,5 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / MAE / fine-tuning of ResNet or Swin) on fixed data;
-print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / MAE / fine-tuning of ResNet, Swin or nnFormer) on
+fixed data; print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -72,6 +72,8 @@ def main(views: str, steps: int = 4):
     return main_finetune(steps)
   if views == 'finetune_swin':
     return main_finetune(steps, 'swin3d')
+  if views == 'finetune_nnformer':
+    return main_finetune(steps, 'nnformer3d')
   config = tp_swav.get_config('tiny')
   config.views = views
   if views == 'crops':
