@@ -17,6 +17,7 @@ TASKS = {
     'tp_swav': 'osteojax.diagnosis.pretrain',      # TP-SwAV pre-training (views from the texture pool)
     'swav': 'osteojax.diagnosis.pretrain',         # SwAV baseline (views from random crops)
     'mae': 'osteojax.diagnosis.pretrain_mae',      # MAE baseline: masked autoencoding, 3-D ViT
+    'alice': 'osteojax.diagnosis.pretrain_alice',  # Alice baseline: same-level pairs, nnFormer
     'finetune': 'osteojax.diagnosis.finetune',     # MoE multi-task fine-tuning + valid/test predictions
     'pipeline': 'osteojax.diagnosis.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
     'unet': 'osteojax.align.segment',          # 2-D U-Net segmenter (annotation transfer), Dice

@@ -1,5 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / MAE / fine-tuning of ResNet, Swin or nnFormer) on
-fixed data; print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / MAE / Alice / fine-tuning of ResNet, Swin or nnFormer)
+on fixed data; print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -12,11 +12,12 @@ import jax
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
+import alice as alice_config  # noqa: E402
 import finetune as finetune_config  # noqa: E402
 import mae as mae_config  # noqa: E402
 import tp_swav  # noqa: E402
 
-from osteojax.diagnosis import finetune, pretrain, pretrain_mae  # noqa: E402
+from osteojax.diagnosis import finetune, pretrain, pretrain_alice, pretrain_mae  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
@@ -65,9 +66,36 @@ def main_mae(steps: int = 4):
                         proto_sum=float(np.asarray(final).sum()))))
 
 
+def main_alice(steps: int = 3):
+  """Alice on random volumes, batch 8 pairs over the simulated devices (per-example masks,
+  partners of the same level from other 'patients', the teacher in batch_stats)."""
+  config = alice_config.get_config('tiny')
+  data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
+  pairs = pretrain_alice.LevelPairs(np.arange(16) % 4, np.arange(16) // 8)
+  model = pretrain_alice.build_model(config)
+  state = pretrain_alice.init_state(config, model, data.shape[1:], pretrain.optimizer_config(
+      config, 2), 10)
+  p_state = lib.replicate(state)
+  step = lib.make_train_step(pretrain_alice.make_loss_fn(config, model, 2, 10))
+  losses = []
+  for s in range(steps):
+    idx = lib.batch_indices(16, 8, 0, s)
+    partners = pairs.partners(idx, pretrain_alice.partner_rng(0, s))
+    p_state, m = step(p_state, lib.shard({'query': data[idx], 'anchor': data[partners]}),
+                      jax.random.PRNGKey(0))
+    losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
+  final = flax.jax_utils.unreplicate(p_state)
+  teacher = final.batch_stats['teacher']['encoder']['embed1']['conv1']['conv']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses,
+                        proto_sum=float(np.asarray(teacher).sum()),
+                        center_sum=float(np.asarray(final.batch_stats['center2']).sum()))))
+
+
 def main(views: str, steps: int = 4):
   if views == 'mae':
     return main_mae(steps)
+  if views == 'alice':
+    return main_alice()
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':

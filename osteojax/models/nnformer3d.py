@@ -43,10 +43,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from osteojax.errors import ConfigError
-from osteojax.models import resnet3d, swin3d
+from osteojax.models import resnet3d, swin3d, vit3d
 
 LN_EPS = swin3d.LN_EPS     # torch.nn.LayerNorm's, as in nnFormer
 
@@ -55,9 +56,19 @@ def gelu(x):
   return nn.gelu(x, approximate=False)      # torch.nn.GELU's default
 
 
+def torch_bias_init(fan_in: int):
+  """PyTorch's default bias initialiser of a layer with fan_in inputs: U(+-1 / sqrt(fan_in))."""
+  bound = fan_in ** -0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
 class BiasConv3D(nn.Module):
   """PyTorch's Conv3d(k, stride, padding=(k - 1) // 2) with a bias: resnet3d.Conv3D
-  ('kernel', computed the backend's fastest way) + 'bias'."""
+  ('kernel', computed the backend's fastest way) + 'bias', initialised as PyTorch's. A zero
+  bias would not do: over the ROI's zero background every embedding LayerNorm would see an
+  exactly constant vector, where its gradient is 1 / sqrt(eps) (316) times larger, and the
+  first gradients of Alice's losses overflowed (tiny OsteoSim, float32)."""
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -67,7 +78,8 @@ class BiasConv3D(nn.Module):
   def __call__(self, x):
     y = resnet3d.Conv3D(self.features, self.kernel_size, self.stride, self.impl,
                         padding=(self.kernel_size - 1) // 2, name='conv')(x)
-    return y + self.param('bias', nn.initializers.zeros, (self.features,))
+    fan_in = x.shape[-1] * self.kernel_size ** 3
+    return y + self.param('bias', torch_bias_init(fan_in), (self.features,))
 
 
 class Project(nn.Module):
@@ -167,6 +179,41 @@ class NNFormer3D(nn.Module):
   def __call__(self, x, train: bool = True):
     del train                                   # no dropout, no BatchNorm
     return jnp.mean(self.features(x)[-1], axis=(1, 2, 3))
+
+
+class DecoderStage(nn.Module):
+  """nnFormer's first decoder stage, and one expansion from it to voxels, for pre-training.
+
+  (features of NNFormer3D.features, output shape (D, H, W)) -> (decoder features
+  [B, g, g, g, C], reconstruction [B, D, H, W, 1]). The bottleneck is expanded as the code's
+  Patch_Expanding (LayerNorm, then a 2^3 transposed convolution with stride 2, C -> C/2: a
+  Dense to 8 C/2 and depth-to-space), added to the previous stage's output (its own LayerNorm:
+  the encoder's norm of that stage in the code), then `depth` LV-MSA blocks; the code's first
+  block there is a skip attention (queries from the expanded, keys and values from the skip),
+  here an ordinary block on the sum. The reconstruction is one Dense per token to f^3 voxels
+  placed by depth-to-space (the code's final_patch_expanding, a transposed convolution with
+  kernel = stride = f), straight from this stage instead of after two more decoder stages.
+  """
+  heads: int
+  window: int
+  depth: int = 2
+  mlp_ratio: float = 4.0
+
+  @nn.compact
+  def __call__(self, feats, out_shape):
+    x, skip = feats[-1], feats[-2]
+    b, c, grid = x.shape[0], skip.shape[-1], skip.shape[1:4]
+    f = out_shape[0] // grid[0]
+    if any(o != f * g for o, g in zip(out_shape, grid)):
+      raise ValueError(f'output {tuple(out_shape)} is not a multiple of the grid {grid}')
+    y = nn.Dense(8 * c, name='up')(nn.LayerNorm(LN_EPS, name='up_norm')(x))
+    y = vit3d.unpatchify(y.reshape(b, -1, 8 * c), 2, x.shape[1:4], c)
+    y = y[:, :grid[0], :grid[1], :grid[2]] + nn.LayerNorm(LN_EPS, name='skip_norm')(skip)
+    for j in range(self.depth):
+      y = lv_msa_block(c, self.heads, self.window, grid, j % 2 == 1, f'block{j + 1}',
+                       self.mlp_ratio)(y)
+    voxels = nn.Dense(f ** 3, name='final')(y.reshape(b, -1, c))
+    return y, vit3d.unpatchify(voxels, f, grid, 1)
 
 
 def encoder_from_config(c) -> NNFormer3D:
