@@ -153,12 +153,15 @@ def test_config_errors():
 
 
 def test_alice_steps_one_and_four_devices_agree():
-  """Three Alice steps (student, teacher average, centres) on 1 and 4 simulated devices."""
+  """Three Alice steps (student, teacher average, centres) on 1 and 4 simulated devices; the
+  teacher each step stores is Alice's moving average of the student."""
   one, four = multidevice.run('pmap_losses.py', 'alice')
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['center_sum'], four['center_sum'], rtol=1e-5, atol=1e-6)
   assert len(set(np.round(one['losses'], 4))) > 1
+  # each step's stored teacher against the moving average computed from the student's weights
+  assert one['teacher_err'] < 1e-6 and four['teacher_err'] < 1e-6
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   tpswav_unified       + level loss (the unified loss, eq. 4)
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
   mae_vit_class        Table 2's ViT / MAE row: 3-D ViT pre-trained by MAE, class loss
+  alice_nnformer_class Table 2's nnFormer / Alice row: nnFormer's encoder pre-trained by Alice,
+                       class loss
   swin_scratch_class   Table 2's Swin-UNETR row and Table 5's first Swin-T row
   swin_tpswav_class, swin_tpswav_unified_moe
                        Table 5: TP-SwAV and + MoE + unified loss on the 3-D Swin-T
@@ -48,13 +50,17 @@ ROWS = {  # name: (pre-training, loss weights cls/bmd/level, MoE, encoder)
     'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False, 'resnet3d'),
     'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False, 'resnet3d'),
     'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'resnet3d'),
-    # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE
+    # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE,
+    # nnFormer + Alice (each pre-training method's config file: PRETRAIN_CONFIGS)
     'mae_vit_class': ('mae', (1.0, 0.0, 0.0), False, 'vit3d'),
+    'alice_nnformer_class': ('alice', (1.0, 0.0, 0.0), False, 'nnformer3d'),
     # Table 5: the backbone ablation on 3-D Swin-T (osteojax/models/swin3d.py)
     'swin_scratch_class': ('', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'swin3d'),
 }
+PRETRAIN_CONFIGS = {'tp_swav': 'tp_swav.py', 'swav': 'swav.py', 'mae': 'mae.py',
+                    'alice': 'alice.py'}     # pre-training method -> its file in configs/
 RESNET_ROWS = [r for r in ROWS if ROWS[r][3] == 'resnet3d']
 BASE = 'tpswav_unified_moe'
 
@@ -134,7 +140,8 @@ def main():
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
       if not a.report_only:
-        _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
+        _run(_main_cmd(PRETRAIN_CONFIGS[method], a.arg, wd, over),
+             os.path.join(wd, 'PRETRAIN_DONE'))
         open(os.path.join(wd, 'PRETRAIN_DONE'), 'w', encoding='utf-8').close()
       pre_dirs[method, encoder, seed] = wd
   models = {row: [] for row in a.rows}

@@ -180,9 +180,6 @@ class AliceModel(nn.Module):
     _, enc_t, dec_t, _ = self.branch(x)
     return self.align(enc_t, dec_t)
 
-  def embed(self, x):
-    return self.encoder(x)
-
 
 def check_config(config, roi_shape):
   """ConfigError (one line) for values Alice cannot use, before any data is built."""
