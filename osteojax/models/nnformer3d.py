@@ -29,6 +29,7 @@ window not shorter than the grid's shortest axis is clipped to it and not shifte
 differences: the relative position index is Swin's, one table row per offset (the code scales
 the first axis by 3w - 1 instead of (2w - 1)^2, so that different offsets share rows; the table
 has the same size), and an input not a multiple of patch_size is refused instead of padded.
+Initialisers are Flax's defaults, except the convolution biases: PyTorch's (BiasConv3D).
 
 Paper size (`:paper`): embedding dimension 96, depths 2-2-2-2, heads 3-6-12-24, LV-MSA windows
 4-4-8 (GV-MSA last), patch 2 at 64^3 (Alice's patch at its 64^3 crops): token grids
