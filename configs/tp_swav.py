@@ -28,8 +28,9 @@ def encoder_config(arg=None) -> ml_collections.ConfigDict:
   """The encoder shared by pre-training and fine-tuning (they must match).
 
   name 'resnet3d' (ResNet34-3D; its fields at this level), 'swin3d' (3-D Swin-T as in
-  Swin-UNETR's encoder, the fields of `swin`; `--config.model.name=swin3d`) or 'vit3d' (ViT,
-  MAE's encoder, the fields of `vit`).
+  Swin-UNETR's encoder, the fields of `swin`; `--config.model.name=swin3d`), 'vit3d' (ViT,
+  MAE's encoder, the fields of `vit`) or 'nnformer3d' (nnFormer's encoder, Alice's backbone,
+  the fields of `nnformer`).
   """
   m = ml_collections.ConfigDict(dict(
       name='resnet3d', stage_sizes=(3, 4, 6, 3), widths=(16, 32, 64, 128), stem_stride=2,
@@ -41,15 +42,23 @@ def encoder_config(arg=None) -> ml_collections.ConfigDict:
                 patch_size=2),
       # ViT (MAE's encoder), slim CPU variant: 8^3 patches (64 tokens at 32^3, as ViT-B's 16^3
       # patches give at 64^3), ViT-Tiny's width 192 and 3 heads, half its depth
-      vit=dict(patch_size=8, dim=192, depth=6, heads=3)))
+      vit=dict(patch_size=8, dim=192, depth=6, heads=3),
+      # nnFormer's encoder, slim CPU variant: the paper's depths, a quarter of its width (heads
+      # of 24 channels), patch 2 at 32^3: token grids 16-8-4-2, LV-MSA windows 4-4-8 (8 covers
+      # the 4^3 grid, as the code's stage 3 window its 8^3 grid), GV-MSA in the last stage
+      nnformer=dict(embed_dim=24, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), windows=(4, 4, 8),
+                    patch_size=2)))
   if arg == 'paper':
     m.widths = (64, 128, 256, 512)
     m.swin.feature_size, m.swin.heads, m.swin.window = 48, (3, 6, 12, 24), 7   # Swin-UNETR's
     m.vit.patch_size, m.vit.dim, m.vit.depth, m.vit.heads = 16, 768, 12, 12    # ViT-B
+    m.nnformer.embed_dim, m.nnformer.heads = 96, (3, 6, 12, 24)   # nnFormer (Synapse), 64^3
   elif arg == 'tiny':
     m.stage_sizes, m.widths, m.stem_pool = (1, 1), (4, 8), False
     m.swin.feature_size, m.swin.depths, m.swin.heads, m.swin.window = 8, (1, 1), (1, 2), 2
     m.vit.patch_size, m.vit.dim, m.vit.depth, m.vit.heads = 4, 16, 1, 2
+    m.nnformer.embed_dim, m.nnformer.depths, m.nnformer.heads = 8, (2, 1), (1, 2)
+    m.nnformer.windows = (2,)
   return m
 
 

@@ -19,6 +19,7 @@ TASKS = {
     'mae': 'osteojax.diagnosis.pretrain_mae',      # MAE baseline: masked autoencoding, 3-D ViT
     'voco': 'osteojax.diagnosis.pretrain_voco',    # VoCo baseline: crop-position contrast, ResNet
     'swinmm': 'osteojax.diagnosis.pretrain_swinmm',  # SwinMM baseline: masked multi-view, Swin-T
+    'alice': 'osteojax.diagnosis.pretrain_alice',  # Alice baseline: same-level pairs, nnFormer
     'finetune': 'osteojax.diagnosis.finetune',     # MoE multi-task fine-tuning + valid/test predictions
     'pipeline': 'osteojax.diagnosis.pipeline',     # make run: data -> TP-SwAV -> MoE fine-tune -> evaluate
     'unet': 'osteojax.align.segment',          # 2-D U-Net segmenter (annotation transfer), Dice

@@ -16,7 +16,8 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 
 LONGEST_FIRST = ('test_finetune.py', 'test_pretrain.py', 'test_texture.py',
                  'test_pretrain_resume.py', 'test_baselines.py', 'test_align.py',
-                 'test_swin3d.py', 'test_swinmm.py', 'test_mae.py', 'test_voco.py',
+                 'test_alice.py', 'test_swin3d.py', 'test_swinmm.py', 'test_nnformer3d.py',
+                 'test_mae.py', 'test_voco.py',
                  'test_manifest.py', 'test_bad_input.py', 'test_osteosim.py', 'test_register.py')
 
 

@@ -1,5 +1,5 @@
-"""Run a few train steps (TP-SwAV / SwAV / MAE / VoCo / SwinMM / fine-tuning of ResNet or Swin) on
-fixed data; print the losses as JSON.
+"""Run a few train steps (TP-SwAV / SwAV / MAE / VoCo / SwinMM / Alice / fine-tuning of ResNet, Swin
+or nnFormer) on fixed data; print the losses as JSON.
 
 Used by test_pretrain.py in subprocesses with different simulated device counts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N must be set before jax is imported).
@@ -12,14 +12,16 @@ import jax
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit('/', 2)[0] + '/configs')
+import alice as alice_config  # noqa: E402
 import finetune as finetune_config  # noqa: E402
 import mae as mae_config  # noqa: E402
 import swinmm as swinmm_config  # noqa: E402
 import tp_swav  # noqa: E402
 import voco as voco_config  # noqa: E402
 
-from osteojax.diagnosis import (finetune, pretrain, pretrain_mae, pretrain_swinmm,  # noqa: E402
-                                pretrain_voco)
+from osteojax.diagnosis import (finetune, pretrain, pretrain_alice, pretrain_mae,  # noqa: E402
+                                pretrain_swinmm, pretrain_voco)
+from osteojax.objectives import alice  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
@@ -89,6 +91,8 @@ def main_voco(steps: int = 4):
                         proto_sum=float(np.asarray(stem).sum()),
                         stats_sum=float(sum(np.asarray(x).sum() for x in
                                             jax.tree_util.tree_leaves(final.batch_stats))))))
+
+
 def main_swinmm(steps: int = 4):
   """SwinMM on random volumes, batch 8 over the simulated devices (per-example views and masks,
   the contrastive loss over the gathered global batch)."""
@@ -111,6 +115,50 @@ def main_swinmm(steps: int = 4):
                         proto_sum=float(np.asarray(final).sum()))))
 
 
+def main_alice(steps: int = 3):
+  """Alice on random volumes, batch 8 pairs over the simulated devices (per-example masks,
+  partners of the same level from other 'patients', the teacher in batch_stats)."""
+  config = alice_config.get_config('tiny')
+  config.alice.momentum_teacher = 0.5     # the teacher moves by half the student's steps, so
+                                          # that an average off by one step shows
+  data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
+  pairs = pretrain_alice.LevelPairs(np.arange(16) % 4, np.arange(16) // 8)
+  model = pretrain_alice.build_model(config)
+  state = pretrain_alice.init_state(config, model, data.shape[1:], pretrain.optimizer_config(
+      config, 2), 10)
+  p_state = lib.replicate(state)
+  step = lib.make_train_step(pretrain_alice.make_loss_fn(config, model, 2, 10))
+  student = lambda st: {n: st.params[n] for n in pretrain_alice.TEACHER}
+  weights = [jax.device_get(student(state))]       # the student before each step
+  losses, teacher_err = [], 0.0
+  for s in range(steps):
+    idx = lib.batch_indices(16, 8, 0, s)
+    partners = pairs.partners(idx, pretrain_alice.partner_rng(0, s))
+    p_state, m = step(p_state, lib.shard({'query': data[idx], 'anchor': data[partners]}),
+                      jax.random.PRNGKey(0))
+    losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
+    host = jax.device_get(flax.jax_utils.unreplicate(p_state))
+    weights.append(student(host))
+    # step s used (and stored) the teacher of Alice's update after step s - 1: the average of
+    # the previous teacher and the weights step s started from, with step s - 1's momentum
+    if s >= 1:
+      mom = float(alice.teacher_momentum(s - 1, 10, config.alice.momentum_teacher))
+      want = jax.tree_util.tree_map(lambda t, w: mom * t + (1 - mom) * w, previous, weights[s])
+      teacher_err = max(teacher_err, max(float(np.abs(a - b).max()) for a, b in zip(
+          jax.tree_util.tree_leaves(host.batch_stats['teacher']),
+          jax.tree_util.tree_leaves(want))))
+    else:
+      teacher_err = max(float(np.abs(a - b).max()) for a, b in zip(
+          jax.tree_util.tree_leaves(host.batch_stats['teacher']),
+          jax.tree_util.tree_leaves(weights[0])))      # step 0: the initial student itself
+    previous = host.batch_stats['teacher']
+  teacher = host.batch_stats['teacher']['encoder']['embed1']['conv1']['conv']['kernel']
+  print(json.dumps(dict(devices=jax.device_count(), losses=losses,
+                        proto_sum=float(np.asarray(teacher).sum()),
+                        center_sum=float(np.asarray(host.batch_stats['center2']).sum()),
+                        teacher_err=teacher_err)))
+
+
 def main(views: str, steps: int = 4):
   if views == 'mae':
     return main_mae(steps)
@@ -118,10 +166,14 @@ def main(views: str, steps: int = 4):
     return main_voco(steps)
   if views == 'swinmm':
     return main_swinmm(steps)
+  if views == 'alice':
+    return main_alice()
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':
     return main_finetune(steps, 'swin3d')
+  if views == 'finetune_nnformer':
+    return main_finetune(steps, 'nnformer3d')
   config = tp_swav.get_config('tiny')
   config.views = views
   if views == 'crops':

@@ -12,6 +12,8 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
   mae_vit_class        Table 2's ViT / MAE row: 3-D ViT pre-trained by MAE, class loss
   voco_class           Table 2's ResNet34 / VoCo row: ResNet34-3D pre-trained by VoCo, class loss
+  alice_nnformer_class Table 2's nnFormer / Alice row: nnFormer's encoder pre-trained by Alice,
+                       class loss
   swin_scratch_class   Table 2's Swin-UNETR row and Table 5's first Swin-T row
   swin_tpswav_class, swin_tpswav_unified_moe
                        Table 5: TP-SwAV and + MoE + unified loss on the 3-D Swin-T
@@ -19,8 +21,8 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
                        pre-trained by SwinMM, class loss
 (--rows chooses; the default is the six ResNet rows above mae_vit_class)
 plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
-CT-only oracle (tools/run_baselines.py). Pre-training: one run per method (configs/<method>.py:
-tp_swav, swav, mae, voco, swinmm) and encoder per seed, used by the fine-tuning runs of that seed
+CT-only oracle (tools/run_baselines.py). Pre-training: one run per method (PRETRAIN_CONFIGS:
+configs/tp_swav.py, swav, mae, voco, swinmm, alice) and encoder per seed, used by the fine-tuning runs of that seed
 (--pretrain-seeds each, the default: the spread is that of pre-training and fine-tuning
 together), or one seed-0 run shared by all (shared).
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
@@ -53,9 +55,10 @@ ROWS = {  # name: (pre-training: configs/<it>.py, '' none; weights cls/bmd/level
     'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False, 'resnet3d'),
     'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'resnet3d'),
     # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE,
-    # ResNet34 + VoCo (each pre-training method's config is configs/<method>.py)
+    # ResNet34 + VoCo, nnFormer + Alice (each pre-training method's config file: PRETRAIN_CONFIGS)
     'mae_vit_class': ('mae', (1.0, 0.0, 0.0), False, 'vit3d'),
     'voco_class': ('voco', (1.0, 0.0, 0.0), False, 'resnet3d'),
+    'alice_nnformer_class': ('alice', (1.0, 0.0, 0.0), False, 'nnformer3d'),
     # Table 5: the backbone ablation on 3-D Swin-T (osteojax/models/swin3d.py)
     'swin_scratch_class': ('', (1.0, 0.0, 0.0), False, 'swin3d'),
     'swin_tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'swin3d'),
@@ -67,6 +70,9 @@ ROWS = {  # name: (pre-training: configs/<it>.py, '' none; weights cls/bmd/level
 # are asked for by name
 DEFAULT_ROWS = [r for r in ROWS if ROWS[r][3] == 'resnet3d' and ROWS[r][0] in ('', 'swav',
                                                                                 'tp_swav')]
+PRETRAIN_CONFIGS = {'tp_swav': 'tp_swav.py', 'swav': 'swav.py', 'mae': 'mae.py',
+                    'voco': 'voco.py', 'swinmm': 'swinmm.py',
+                    'alice': 'alice.py'}     # pre-training method -> its file in configs/
 BASE = 'tpswav_unified_moe'
 
 
@@ -145,7 +151,8 @@ def main():
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
       if not a.report_only:
-        _run(_main_cmd(f'{method}.py', a.arg, wd, over), os.path.join(wd, 'PRETRAIN_DONE'))
+        _run(_main_cmd(PRETRAIN_CONFIGS[method], a.arg, wd, over),
+             os.path.join(wd, 'PRETRAIN_DONE'))
         open(os.path.join(wd, 'PRETRAIN_DONE'), 'w', encoding='utf-8').close()
       pre_dirs[method, encoder, seed] = wd
   models = {row: [] for row in a.rows}

@@ -31,14 +31,22 @@ def _same_pads(d: int, k: int, s: int):
   return total // 2, total - total // 2, out
 
 
-def conv3d_im2col(x, kernel, stride: int):
-  """nn.Conv's 'SAME' convolution as one matrix product: the k^3 (strided) shifted views of
-  the padded input side by side [B, D', H', W', k^3 C] times the kernel [k^3 C, F]. The views
-  are built one axis at a time (k shifts along W, then H, then D: 3k slices, not k^3), which
-  keeps the program, and its compile time, small. The gradients are matrix products and
-  slices too."""
+def _pads(d: int, k: int, s: int, padding: int | None):
+  """(low, high, output size) of one axis: 'SAME' (padding None) or `padding` zeros on both
+  sides (PyTorch's Conv3d(padding=p): output (d + 2p - k) // s + 1)."""
+  if padding is None:
+    return _same_pads(d, k, s)
+  return padding, padding, (d + 2 * padding - k) // s + 1
+
+
+def conv3d_im2col(x, kernel, stride: int, padding: int | None = None):
+  """nn.Conv's 'SAME' convolution (or one padded by `padding` zeros on both sides, _pads) as
+  one matrix product: the k^3 (strided) shifted views of the padded input side by side
+  [B, D', H', W', k^3 C] times the kernel [k^3 C, F]. The views are built one axis at a time
+  (k shifts along W, then H, then D: 3k slices, not k^3), which keeps the program, and its
+  compile time, small. The gradients are matrix products and slices too."""
   k, s = kernel.shape[0], stride
-  pads = [_same_pads(d, k, s) for d in x.shape[1:4]]       # (low, high, output size) per axis
+  pads = [_pads(d, k, s, padding) for d in x.shape[1:4]]   # (low, high, output size) per axis
   x = jnp.pad(x, ((0, 0), *[(lo, hi) for lo, hi, _ in pads], (0, 0)))
   for axis in (3, 2, 1):           # W, H, D: the last stacked varies slowest in the channels
     n = (pads[axis - 1][2] - 1) * s + 1
@@ -47,19 +55,20 @@ def conv3d_im2col(x, kernel, stride: int):
   return x @ kernel.reshape(-1, kernel.shape[-1])
 
 
-def conv3d_s2d(x, kernel, stride: int):
-  """nn.Conv's 'SAME' strided convolution as a stride-1 'VALID' convolution on the
-  space-to-depth input: the kernel is zero-padded to a multiple of the stride and its taps
-  folded into input channels. For the stem (1 channel, 7^3) this keeps the input s^3 channels
-  wide where im2col would make it k^3."""
+def conv3d_s2d(x, kernel, stride: int, padding: int | None = None):
+  """nn.Conv's 'SAME' strided convolution (or one padded by `padding`, _pads) as a stride-1
+  'VALID' convolution on the space-to-depth input: the kernel is zero-padded to a multiple of
+  the stride and its taps folded into input channels. For the stem (1 channel, 7^3) this keeps
+  the input s^3 channels wide where im2col would make it k^3."""
   k, s = kernel.shape[0], stride
   b, c = x.shape[0], x.shape[-1]
   k2, pads, n = -(-k // s) * s, [], []
   for d in x.shape[1:4]:
-    lo, _, out = _same_pads(d, k, s)
-    pads.append((lo, (out - 1) * s + k2 - d - lo))   # padded length (out - 1) * s + k2
+    lo, _, out = _pads(d, k, s, padding)
+    pads.append((lo, (out - 1) * s + k2 - d - lo, 0))   # padded length (out - 1) * s + k2
     n.append(((out - 1) * s + k2) // s)
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  # lax.pad: a negative high pad (possible with an explicit padding) drops unused voxels
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *pads, (0, 0, 0)))
   xs = xp.reshape(b, n[0], s, n[1], s, n[2], s, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
   xs = xs.reshape(b, *n, s ** 3 * c)
   q = k2 // s
@@ -103,11 +112,15 @@ class Conv3D(nn.Module):
   accelerators (resolve_impl). XLA's CPU convolutions of these small 3-D maps are slow, their
   strided gradients most of all; the forms above compute the same sums in another order (equal
   to float rounding; tested), and tools/bench_train_step.py --conv lax im2col measures both.
-  ResNet3D's stem max-pool follows the same choice (max_pool_separable on 'im2col')."""
+  ResNet3D's stem max-pool follows the same choice (max_pool_separable on 'im2col').
+  padding: None is 'SAME'; an int p pads p zeros on both sides of each axis, as PyTorch's
+  Conv3d(padding=p) (nnFormer's strided convolutions: for an even size, 'SAME' would centre
+  the output voxel i on input 2i + 1, padding 1 centres it on 2i)."""
   features: int
   kernel_size: int = 3
   stride: int = 1
   impl: str = 'auto'
+  padding: int | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -115,11 +128,12 @@ class Conv3D(nn.Module):
                         (self.kernel_size,) * 3 + (x.shape[-1], self.features))
     kernel = kernel.astype(x.dtype)
     if resolve_impl(self.impl) == 'lax':
-      return lax.conv_general_dilated(x, kernel, (self.stride,) * 3, 'SAME',
+      pad = 'SAME' if self.padding is None else [(self.padding, self.padding)] * 3
+      return lax.conv_general_dilated(x, kernel, (self.stride,) * 3, pad,
                                       dimension_numbers=_DN)
     if self.stride > 1 and x.shape[-1] * self.stride ** 3 < self.kernel_size ** 3:
-      return conv3d_s2d(x, kernel, self.stride)
-    return conv3d_im2col(x, kernel, self.stride)
+      return conv3d_s2d(x, kernel, self.stride, self.padding)
+    return conv3d_im2col(x, kernel, self.stride, self.padding)
 
 
 class BasicBlock3D(nn.Module):

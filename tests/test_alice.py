@@ -1,0 +1,184 @@
+"""Alice: same-level partners and column masks against explicit index computations, the losses,
+schedules and CASA on tiny hand-made inputs against numpy, 1 vs 4 devices, and Alice ->
+fine-tuning end to end (tiny)."""
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import multidevice
+from osteojax.diagnosis import pretrain_alice
+from osteojax.errors import ConfigError
+from osteojax.objectives import alice
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import alice as alice_config  # noqa: E402
+
+
+def test_level_pairs_against_explicit_candidates():
+  """Each vertebra's partners: the same level, another patient; itself when none exists."""
+  levels = ['L1', 'L1', 'L2', 'L1', 'T12', 'L2', 'L6']
+  patients = ['a', 'b', 'a', 'a', 'c', 'b', 'd']
+  pairs = pretrain_alice.LevelPairs(levels, patients)
+  explicit = []
+  for i in range(len(levels)):
+    c = [j for j in range(len(levels)) if levels[j] == levels[i] and patients[j] != patients[i]]
+    explicit.append(c or [i])
+  # patient a has two L1 vertebrae (0 and 3): neither is the other's partner
+  assert explicit[0] == [1] and explicit[3] == [1] and explicit[1] == [0, 3]
+  assert explicit[4] == [4] and explicit[6] == [6]
+  for i, c in enumerate(explicit):
+    assert pairs.candidates(i).tolist() == c
+  idx = np.array([1, 1, 2, 4, 0, 5, 6, 3] * 50)
+  got = pairs.partners(idx, pretrain_alice.partner_rng(3, 7))
+  assert all(p in explicit[i] for i, p in zip(idx, got))
+  assert set(got[idx == 1].tolist()) == {0, 3}                     # both candidates drawn
+  np.testing.assert_array_equal(got, pairs.partners(idx, pretrain_alice.partner_rng(3, 7)))
+  assert not np.array_equal(got, pairs.partners(idx, pretrain_alice.partner_rng(3, 8)))
+
+
+def test_column_mask_against_explicit_cells():
+  """Cells of 4 x 4 voxels over H x W = 8 x 12 (6 cells), ceil(0.75 x 6) = 5 masked: those
+  with the smallest uniform draws, each masked at every depth."""
+  key = jax.random.PRNGKey(5)
+  shape, cell, ratio = (3, 8, 12), 4, 0.75
+  mask = np.asarray(alice.column_mask(key, shape, cell, ratio))
+  u = np.asarray(jax.random.uniform(key, (6,)))
+  chosen = set(np.argsort(u)[:5].tolist())
+  want = np.zeros(shape)
+  for z in range(3):
+    for y in range(8):
+      for x in range(12):
+        want[z, y, x] = (y // cell) * 3 + x // cell in chosen
+  np.testing.assert_array_equal(mask, want)
+  assert mask.mean() == pytest.approx(5 / 6)
+
+
+def _np_softmax(v):
+  e = np.exp(v - v.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_losses_against_numpy():
+  """Alice's loss.py on a hand-made batch (2 views, 3 examples, 2 tokens, 4 dimensions)."""
+  rng = np.random.default_rng(0)
+  s_cls, t_cls = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+  s_tok, t_tok = rng.normal(size=(2, 3, 2, 4)), rng.normal(size=(2, 3, 2, 4))
+  c1, c2 = rng.normal(size=4) * 0.1, rng.normal(size=4) * 0.1
+  tt, st = 0.04, 0.1
+  # [CLS]: teacher view q against student view v != q
+  terms = []
+  for q, v in ((0, 1), (1, 0)):
+    t = _np_softmax((t_cls[q] - c1) / tt)
+    terms.append(np.mean(np.sum(-t * np.log(_np_softmax(s_cls[v] / st)), -1)))
+  got = alice.cls_loss(jnp.asarray(s_cls), jnp.asarray(t_cls), jnp.asarray(c1), tt, st)
+  assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+  # patch: each view against itself, every token
+  per = [np.sum(-_np_softmax((t_tok[q, b, n] - c2) / tt) * np.log(_np_softmax(s_tok[q, b, n]
+                                                                              / st)))
+         for q in range(2) for b in range(3) for n in range(2)]
+  got = alice.patch_loss(jnp.asarray(s_tok), jnp.asarray(t_tok), jnp.asarray(c2), tt, st)
+  assert float(got) == pytest.approx(np.mean(per), rel=1e-5)
+  pred, target = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 3, 3))
+  assert float(alice.recon_loss(jnp.asarray(pred), jnp.asarray(target))) == pytest.approx(
+      np.mean((pred - target) ** 2) / 2, rel=1e-5)
+
+
+def test_center_update_and_schedules():
+  t = jnp.arange(24.0).reshape(2, 3, 4)
+  got = jax.vmap(lambda x: alice.update_center(jnp.ones(4), x, 0.9, 'i'), axis_name='i')(t[None])
+  np.testing.assert_allclose(got[0], 0.9 + 0.1 * np.arange(24.0).reshape(6, 4).mean(0),
+                             rtol=1e-6)
+  # momentum 0.996 at the first step, (1 + 0.996) / 2 half way, 1 at the end
+  for step, want in ((0, 0.996), (50, 0.998), (100, 1.0)):
+    assert float(alice.teacher_momentum(step, 100, 0.996)) == pytest.approx(want, abs=1e-7)
+  assert float(alice.teacher_temperature(5, 10, 0.008, 0.01)) == pytest.approx(0.009)
+  assert float(alice.teacher_temperature(50, 10, 0.008, 0.01)) == pytest.approx(0.01)
+  assert float(alice.teacher_temperature(0, 0, 0.008, 0.01)) == pytest.approx(0.01)
+
+
+def test_casa_against_numpy():
+  """CASA: cross-attention (queries from one sequence, keys and values from another), residual
+  + LayerNorm, ReLU MLP, residual + LayerNorm."""
+  casa = pretrain_alice.CASA(heads=2, head_dim=3, inner_dim=5)
+  q = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6))
+  kv = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 6))
+  params = casa.init(jax.random.PRNGKey(2), q, kv)['params']
+  params = jax.tree_util.tree_map(lambda a: a + 0.05, params)        # non-zero biases
+  got = casa.apply({'params': params}, q, kv)
+  p = jax.tree_util.tree_map(np.asarray, params)
+  ln = lambda v, n: ((v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
+                     * p[n]['scale'] + p[n]['bias'])
+  qn, kvn = np.asarray(q), np.asarray(kv)
+  want = np.zeros(got.shape)
+  for b in range(2):
+    heads = []
+    for h in range(2):
+      s = slice(3 * h, 3 * h + 3)
+      qq = qn[b] @ p['w_q']['kernel'][:, s]
+      kk = kvn[b] @ p['w_k']['kernel'][:, s]
+      vv = kvn[b] @ p['w_v']['kernel'][:, s]
+      heads.append(_np_softmax(qq @ kk.T / math.sqrt(3)) @ vv)
+    x = ln(np.concatenate(heads, -1) @ p['fc']['kernel'] + qn[b], 'attn_norm')
+    y = np.maximum(x @ p['ffn1']['kernel'] + p['ffn1']['bias'], 0)
+    want[b] = ln(x + y @ p['ffn2']['kernel'] + p['ffn2']['bias'], 'ffn_norm')
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_weight_norm_dense_has_unit_columns():
+  layer = pretrain_alice.WeightNormDense(3)
+  x = jnp.eye(5)
+  v = layer.init(jax.random.PRNGKey(0), x)
+  w = layer.apply(v, x)                                  # the normalised kernel itself
+  np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-6)
+  k = v['params']['kernel']
+  np.testing.assert_allclose(w, k / np.linalg.norm(k, axis=0), rtol=1e-6)
+
+
+def test_config_errors():
+  c = alice_config.get_config('tiny')
+  pretrain_alice.check_config(c, c.data.roi_shape)
+  c.model.name = 'swin3d'
+  with pytest.raises(ConfigError, match='must be nnformer3d'):
+    pretrain_alice.check_config(c, c.data.roi_shape)
+  c.model.name, c.alice.mask_cell = 'nnformer3d', 5
+  with pytest.raises(ConfigError, match='mask_cell 5 must divide'):
+    pretrain_alice.check_config(c, c.data.roi_shape)
+
+
+def test_alice_steps_one_and_four_devices_agree():
+  """Three Alice steps (student, teacher average, centres) on 1 and 4 simulated devices; the
+  teacher each step stores is Alice's moving average of the student."""
+  one, four = multidevice.run('pmap_losses.py', 'alice')
+  np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['center_sum'], four['center_sum'], rtol=1e-5, atol=1e-6)
+  assert len(set(np.round(one['losses'], 4))) > 1
+  # each step's stored teacher against the moving average computed from the student's weights
+  assert one['teacher_err'] < 1e-6 and four['teacher_err'] < 1e-6
+
+
+@pytest.mark.slow
+def test_alice_then_finetune_tiny(tmp_path):
+  """`alice` pre-trains the tiny nnFormer and the fine-tuning task starts from its encoder."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  data = f'--config.data.dir={tmp_path / "data"}'
+  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
+                      'configs/alice.py:tiny', '--workdir', str(tmp_path / 'alice'), data],
+                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '[alice] done' in r.stdout
+  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
+                      'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
+                      '--config.model.name=nnformer3d',
+                      f'--config.init.checkpoint={tmp_path / "alice"}', '--config.epochs=1'],
+                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'encoder from {tmp_path / "alice"}' in r.stdout
+  assert (tmp_path / 'ft' / 'predictions.csv').exists()
