@@ -38,6 +38,8 @@ def get_config(arg=None):
   c.eval_every_epochs = 1     # validation each epoch; the best epoch is kept
   c.select = 'auc+bmd_r2'     # the kept epoch maximises validation AUC + BMD R^2 (both tasks
                               # the model is trained for); 'auc': the AUC alone
+  c.score = 'prob'            # what ranks the diagnosis: 'prob' (class head) or 'bmd' (the BMD
+                              # head's reading, negated); chosen on validation
   c.log_every = 10
   c.ckpt_every = 31           # about one epoch of the default data
   c.data = osteosim.data_config(arg)

@@ -206,6 +206,10 @@ def test_run_baselines_writes_tables(mini, tmp_path):
   for name in baselines.BASELINES:
     back = diagnosis.read_predictions(os.path.join(out, f'{name}.csv'))
     assert set(back.split) == {'valid', 'test'}
+  lr, ridge = preds['radiomics_lr'], preds['radiomics_ridge']   # one fit, two readouts
+  np.testing.assert_array_equal(ridge.prob, lr.prob)
+  np.testing.assert_allclose(ridge.score, -lr.bmd_pred.to_numpy(float))
+  assert 'score' not in lr.columns
   md = open(os.path.join(out, 'results.md'), encoding='utf-8').read()
   assert '| hu160 | 1 |' in md and '| oracle | 1 |' in md and '| oracle_ct_only | 1 |' in md
   assert '| oracle_hu | 1 |' in md

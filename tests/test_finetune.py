@@ -159,8 +159,11 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
   config, model, variables, stats = finetune.load(str(work))
   from osteojax.diagnosis import pool_data
   again = finetune.predict_pools(model, variables,
-                                 pool_data.ensure_pool(config, ('valid', 'test'), False), stats)
+                                 pool_data.ensure_pool(config, ('valid', 'test'), False), stats,
+                                 score='bmd')
   np.testing.assert_allclose(again.prob, preds.prob, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(again.score, -again.bmd_pred)      # the BMD readout
+  assert ('score' in preds.columns) == (config.score == 'bmd')
   bad = finetune_config.get_config('tiny')
   bad.data.dir, bad.init.checkpoint = c.data.dir, str(tmp / 'pretrain')
   bad.model.widths = (4, 16)

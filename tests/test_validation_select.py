@@ -113,6 +113,33 @@ def test_multitask_selection_score_by_hand():
     finetune.selection_metrics(y, prob, select='loss')
 
 
+def test_bmd_readout_by_hand():
+  """config.score='bmd': the diagnosis is ranked by the negated predicted BMD; selection_metrics
+  keeps both readouts' AUCs and selects on the chosen one; a model without a BMD head cannot."""
+  from osteojax.diagnosis import finetune
+  y = [0, 0, 1, 1]
+  prob = [0.1, 0.6, 0.4, 0.9]            # AUC 0.75
+  bmd = np.array([1.0, 0.9, 0.7, 0.6])
+  pred = np.array([0.95, 0.65, 0.70, 0.60])   # -pred ranks: 0.60 > 0.65 > 0.70 > 0.95 -> the
+  # positives (0.70, 0.60) beat the negative 0.95 in 2 pairs, and 0.60 beats 0.65: 3 of 4
+  pred_r2 = 1 - np.sum((bmd - pred) ** 2) / np.sum((bmd - bmd.mean()) ** 2)
+  m = finetune.selection_metrics(y, prob, bmd, pred, score='bmd')
+  assert m['auc_bmd'] == pytest.approx(0.75) and m['auc_prob'] == pytest.approx(0.75)
+  perfect = np.array([0.95, 0.80, 0.70, 0.60])            # every positive reads lower: AUC 1
+  m = finetune.selection_metrics(y, prob, bmd, perfect, score='bmd')
+  assert m['auc'] == m['auc_bmd'] == pytest.approx(1.0) and m['auc_prob'] == pytest.approx(0.75)
+  r2 = 1 - np.sum((bmd - perfect) ** 2) / np.sum((bmd - bmd.mean()) ** 2)
+  assert m['score'] == pytest.approx(1.0 + r2)
+  assert finetune.selection_metrics(y, prob, bmd, pred, score='prob')['score'] == pytest.approx(
+      0.75 + pred_r2)
+  np.testing.assert_allclose(finetune.diagnosis_score(prob, perfect, 'bmd'), -perfect)
+  np.testing.assert_allclose(finetune.diagnosis_score(prob, perfect, 'prob'), prob)
+  with pytest.raises(ValueError, match='needs the BMD head'):
+    finetune.selection_metrics(y, prob, score='bmd')
+  with pytest.raises(ValueError, match='config.score'):
+    finetune.check_score('logit')
+
+
 def test_a_replicated_state_compiles_the_step_once():
   """lib.replicate lays the state out as the step's outputs are, so the second call reuses the
   first call's program; flax's replicas alone make the second call compile again."""

@@ -29,7 +29,8 @@ def predict_workdir(workdir: str):
   except (FileNotFoundError, ValueError) as e:
     raise dio.OsteoDataError(workdir, str(e).replace(f'{workdir}: ', '')) from None
   pools = pool_data.ensure_pool(config, ('valid', 'test'), progress=False)
-  preds = finetune.predict_pools(model, variables, pools, stats, with_bmd=config.loss.bmd > 0)
+  preds = finetune.predict_pools(model, variables, pools, stats, with_bmd=config.loss.bmd > 0,
+                                 score=config.get('score', 'prob'))
   diagnosis.write_predictions(preds, os.path.join(workdir, finetune.PREDICTIONS))
   return preds
 

@@ -2,14 +2,22 @@
 
   python tools/recipe_choices.py --seeds 0 1 --out results/recipe [--variants NAME ...]
       [--epochs 8] [--arg '']
+  python tools/recipe_choices.py --round schedule --seeds 0 1 2 --out results/recipe_schedule \
+      --init runs/default/pretrain
 
-Each variant is the fine-tuning default (configs/finetune.py: scratch encoder, unified loss,
-device-gated MoE) with BASE (scanner intensity, no class weights) and one setting changed; each runs `python -m osteojax.main --config
-configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted
-ones resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each
-epoch, all sites pooled): the best epoch's AUC, the mean AUC over the last half of the epochs
-(less noisy than a maximum), the best epoch, and the validation BMD MAE at the best epoch. The
-test split is never read. Writes <out>/recipe.md and <out>/recipe.json.
+Round 'first' (the first build's faults): each variant is the fine-tuning default
+(configs/finetune.py: scratch encoder, unified loss, device-gated MoE) with BASE (scanner
+intensity, no class weights) and one setting changed. Round 'schedule': each variant is the
+fine-tuning default of that round (balanced class weights, scanner intensity, the encoder
+from `--init`, make run's TP-SwAV pre-training) with its schedule changed, and every run is
+read out both ways (the class head's probability and the BMD head's reading, config.score),
+each with its own kept epoch. Every run is `python -m osteojax.main --config
+configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted ones
+resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each epoch,
+all sites pooled): the kept epoch's AUC (the epoch of best AUC + BMD R^2, config.select), the
+mean AUC over the last half of the epochs (less noisy than a maximum), the kept epoch, and the
+validation BMD MAE there. The test split is never read. Writes <out>/recipe.md and
+<out>/recipe.json.
 """
 import argparse
 import json
@@ -41,13 +49,27 @@ VARIANTS = {  # name: (what it asks, overrides of BASE)
     'bmd_per_device': ('scanner intensity, BMD standardised per device (ablation)',
                        {'loss.bmd_standardise': 'device'}),
 }
+# Round 'schedule': the default of that round (balanced class weights, scanner intensity, lr
+# 1e-3 for 8 epochs, the pre-trained encoder) and longer, slower schedules; both readouts.
+SCHEDULE_BASE = {'augment.intensity': 'scanner', 'loss.class_weight': 'balanced',
+                 'optim.lr': 1e-3, 'epochs': 8, 'score': 'prob'}
+SCHEDULES = {
+    'lr1e-3_e8': ('lr 1e-3, 8 epochs (the default before this round)', {}),
+    'lr1e-3_e16': ('lr 1e-3, 16 epochs', {'epochs': 16, 'ckpt_every': 62}),
+    'lr3e-4_e16': ('lr 3e-4, 16 epochs', {'optim.lr': 3e-4, 'epochs': 16, 'ckpt_every': 62}),
+}
+ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES)}
+READOUTS = ('prob', 'bmd')
 
 
-def run(out, name, seed, epochs, arg):
+def run(out, name, seed, epochs, arg, round_name='first', init=''):
   wd = os.path.join(out, f'{name}_s{seed}')
   if os.path.exists(os.path.join(wd, 'predictions.csv')):
     return wd
-  over = {'seed': seed, **BASE, **VARIANTS[name][1]}
+  base, variants = ROUNDS[round_name]
+  over = {'seed': seed, **base, **variants[name][1]}
+  if init:
+    over['init.checkpoint'] = init
   if epochs:
     over['epochs'] = epochs
   cmd = [sys.executable, '-m', 'osteojax.main', '--config',
@@ -58,13 +80,21 @@ def run(out, name, seed, epochs, arg):
   return wd
 
 
-def summarise(wd) -> dict:
+def summarise(wd, readout=None) -> dict:
+  """The run's validation summary; readout ('prob' / 'bmd') reads that score's AUC and keeps
+  the epoch of best AUC + BMD R^2 by it (config.select's rule), whatever the run selected."""
   with open(os.path.join(wd, 'validation.json'), encoding='utf-8') as f:
     h = json.load(f)
   e = h['entries']
-  best = [x for x in e if x['step'] == h['best_step']][0]
-  auc = [finetune.validation_auc(x) for x in e]
-  return dict(best_auc=finetune.validation_auc(best), late_auc=float(np.mean(auc[len(auc) // 2:])),
+  if readout is None:
+    best = [x for x in e if x['step'] == h['best_step']][0]
+    auc = [finetune.validation_auc(x) for x in e]
+    best_auc = finetune.validation_auc(best)
+  else:
+    auc = [x[f'auc_{readout}'] for x in e]
+    best = max(e, key=lambda x: x[f'auc_{readout}'] + x['bmd_r2'])
+    best_auc = best[f'auc_{readout}']
+  return dict(best_auc=best_auc, late_auc=float(np.mean(auc[len(auc) // 2:])),
               best_epoch=e.index(best) + 1, epochs=len(e), bmd_mae=best.get('bmd_mae'))
 
 
@@ -76,22 +106,33 @@ def _ms(v):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
-  ap.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
+  ap.add_argument('--round', default='first', choices=list(ROUNDS))
+  ap.add_argument('--variants', nargs='+', default=None,
+                  choices=[v for _, vs in ROUNDS.values() for v in vs],
+                  help="the round's variants (default: all of them)")
+  ap.add_argument('--init', default='', help='encoder from this pre-training workdir')
   ap.add_argument('--out', default='results/recipe')
   ap.add_argument('--epochs', type=int, default=None, help='override config.epochs')
   ap.add_argument('--arg', default='', help="config argument ('' = CPU default, tiny)")
   a = ap.parse_args()
+  variants = ROUNDS[a.round][1]
+  names = a.variants or list(variants)
+  unknown = [n for n in names if n not in variants]
+  if unknown:
+    ap.error(f'variant(s) {unknown} are not in round {a.round!r}: {", ".join(variants)}')
+  readouts = READOUTS if a.round == 'schedule' else (None,)
   res = {}
   for seed in a.seeds:                   # seed-major: an interrupted sweep covers every row
-    for name in a.variants:
-      res.setdefault(name, []).append(dict(seed=seed, **summarise(run(a.out, name, seed,
-                                                                        a.epochs, a.arg))))
-  lines = ['| variant | what changes | seeds | validation AUC, best epoch | validation AUC, '
-           'last half of epochs | best epoch | validation BMD MAE (g/cm²) |',
-           '|---|---|---|---|---|---|---|']
-  for name, rs in res.items():
+    for name in names:
+      wd = run(a.out, name, seed, a.epochs, a.arg, a.round, a.init)
+      for r in readouts:
+        res.setdefault((name, r), []).append(dict(seed=seed, **summarise(wd, r)))
+  lines = ['| variant | what changes | readout | seeds | validation AUC, kept epoch | '
+           'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |',
+           '|---|---|---|---|---|---|---|---|']
+  for (name, readout), rs in res.items():
     mae = [r['bmd_mae'] for r in rs if r['bmd_mae'] is not None]
-    lines.append(f'| {name} | {VARIANTS[name][0]} | {len(rs)} | '
+    lines.append(f'| {name} | {variants[name][0]} | {readout or "prob"} | {len(rs)} | '
                  f'{_ms([r["best_auc"] for r in rs])} | {_ms([r["late_auc"] for r in rs])} | '
                  f'{", ".join(str(r["best_epoch"]) for r in rs)} of {rs[0]["epochs"]} | '
                  f'{_ms(mae) if mae else "-"} |')
@@ -100,7 +141,7 @@ def main():
   with open(os.path.join(a.out, 'recipe.md'), 'w', encoding='utf-8') as f:
     f.write(text)
   with open(os.path.join(a.out, 'recipe.json'), 'w', encoding='utf-8') as f:
-    json.dump(res, f, indent=1)
+    json.dump({f'{n}/{r or "prob"}': v for (n, r), v in res.items()}, f, indent=1)
   print(text)
 
 

@@ -163,6 +163,8 @@ def main():
       pre_seed = seed if a.pretrain_seeds == 'each' else 0
       over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
               'head.moe': use_moe, 'model.name': encoder}
+      if not w_bmd:      # no BMD head: the class head ranks, whatever the default readout
+        over['score'] = 'prob'
       if method:
         over['init.checkpoint'] = pre_dirs[method, encoder, pre_seed]
       if a.finetune_epochs:

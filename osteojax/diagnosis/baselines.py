@@ -23,7 +23,10 @@ to the data folder, as OsteoSim writes it).
    train split; an L2 logistic regression is fit on train with its penalty chosen by 5-fold
    cross-validated AUC on train, folds grouped by patient; the same features give a ridge
    regression of the site device's BMD (penalty by leave-one-out on train) as bmd_pred.
-   Thresholds come from validation, like every model (diagnosis.THRESHOLD_RULE).
+   Thresholds come from validation, like every model (diagnosis.THRESHOLD_RULE). A second row,
+   `radiomics_ridge`, reads the diagnosis from that ridge BMD (score = -bmd_pred), as the deep
+   model can with config.score='bmd': the same readout for both, so they compare like with
+   like.
 3. The oracle (`osteojax.data.oracle`): the exact Bayes posterior from the generator's truth
    given the anatomy, age, sex, level and device; its patient score is P(any vertebra
    positive). Beside it the CT-only oracle (`oracle_ct_only`): the posterior given what a model
@@ -60,7 +63,8 @@ MIN_TRABECULAR_VOXELS = 20
 RADIOMICS_CLASSES = ('firstorder', 'glcm', 'glrlm')
 RADIOMICS_SETTINGS = dict(binWidth=25, label=1, additionalInfo=False)
 EVAL_SPLITS = ('valid', 'test')
-BASELINES = ('hu160', 'hu110', 'radiomics_lr', 'oracle', 'oracle_ct_only', 'oracle_hu')
+BASELINES = ('hu160', 'hu110', 'radiomics_lr', 'radiomics_ridge', 'oracle', 'oracle_ct_only',
+             'oracle_hu')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +319,16 @@ def radiomics_predictions(train_rows: pd.DataFrame, eval_rows: pd.DataFrame,
   return out
 
 
+def bmd_readout(pred: pd.DataFrame) -> pd.DataFrame:
+  """The same predictions with the diagnosis read from the predicted BMD: score = -bmd_pred (a
+  lower reading of the site's device ranks as more likely osteoporotic)."""
+  bmd = pd.to_numeric(pred.bmd_pred, errors='coerce').to_numpy(float)
+  if not np.isfinite(bmd).all():
+    raise ValueError('the ridge BMD regression has no prediction for some rows (too few '
+                     'training BMD readings)')
+  return pred.assign(score=-bmd)
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. The oracle.
 
@@ -392,6 +406,7 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
                              progress)
   try:
     preds['radiomics_lr'] = radiomics_predictions(train, rows, feats)
+    preds['radiomics_ridge'] = bmd_readout(preds['radiomics_lr'])
   except ValueError as e:
     raise dio.OsteoDataError(manifest_path, f'radiomics baseline: {e}') from None
   if 'abmd_true' in rows.columns and rows.abmd_true.notna().all():

@@ -220,11 +220,14 @@ def predict(model, variables, images, devices, batch: int = 32, fn=None) -> dict
 
 
 def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
-                  batch: int = 32, with_bmd: bool = True) -> pd.DataFrame:
+                  batch: int = 32, with_bmd: bool = True, score: str = 'prob') -> pd.DataFrame:
   """The predictions table of every ROI in pools (osteojax/evaluate/diagnosis.py's columns).
 
   with_bmd=False (a model trained without the BMD loss): bmd_pred is NaN, not an untrained output.
+  score='bmd': the table's `score` column, which ranks and thresholds the diagnosis, is the
+  negated predicted BMD (see diagnosis_score); 'prob': no score column, prob ranks.
   """
+  check_score(score, with_bmd)
   rows = pools.rows
   dev = device_index(rows.device)
   fn = make_predict_fn(model)                   # compiled once for every chunk
@@ -239,6 +242,8 @@ def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
   df['level_pred'] = [P.LEVELS[i] for i in o['level']]
   for j in range(o['gate'].shape[1]):
     df[f'gate_{j}'] = o['gate'][:, j]
+  if score == 'bmd':
+    df['score'] = diagnosis_score(df.prob.to_numpy(), df.bmd_pred.to_numpy(), score)
   return df
 
 
@@ -282,6 +287,23 @@ def _optim(config, steps_per_epoch):
 
 # ------------------------------------------------------------------------------------ task
 SELECT_RULES = ('auc', 'auc+bmd_r2')
+# What ranks the vertebrae for the diagnosis (AUC, thresholds): the class head's P(osteoporosis)
+# or the BMD head's reading, negated (the label is a cut-off on that reading: T <= -2.5 on the
+# site's device). Chosen on the validation split (docs/diagnosis.md, "Recipe choices").
+SCORES = ('prob', 'bmd')
+
+
+def check_score(score: str, with_bmd: bool = True) -> None:
+  if score not in SCORES:
+    raise ConfigError(f'config.score {score!r} is not one of {SCORES}')
+  if score == 'bmd' and not with_bmd:
+    raise ConfigError("config.score 'bmd' needs the BMD head: config.loss.bmd > 0")
+
+
+def diagnosis_score(prob, bmd_pred, score: str) -> np.ndarray:
+  """The diagnosis ranking score (higher = more likely osteoporosis): prob, or -bmd_pred (g/cm2
+  of the site's device, so a lower reading ranks higher)."""
+  return np.asarray(prob, float) if score == 'prob' else -np.asarray(bmd_pred, float)
 
 
 def check_select(select: str) -> None:
@@ -292,6 +314,7 @@ def check_select(select: str) -> None:
 def check_config(config) -> None:
   """The fine-tuning choices by name, checked before any work: a ConfigError names the bad one."""
   check_select(config.get('select', 'auc+bmd_r2'))
+  check_score(config.get('score', 'prob'), config.loss.bmd > 0)
   if config.loss.get('bmd_standardise', 'device') not in BMD_STANDARDISE:
     raise ConfigError(f'unknown config.loss.bmd_standardise {config.loss.bmd_standardise!r}; '
                       f'known: {", ".join(BMD_STANDARDISE)}')
@@ -301,15 +324,22 @@ def check_config(config) -> None:
   augment.intensity_bounds(config.augment.intensity)
 
 
-def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2') -> dict:
+def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2',
+                      score: str = 'prob') -> dict:
   """Validation metrics of one evaluation and its checkpoint score (higher is better).
 
-  score is the vertebra AUC ('auc') or, when BMD is predicted, the AUC plus the BMD R^2
-  ('auc+bmd_r2'): both are 1 when perfect, so neither task's best epoch is kept at the other's
-  expense (the AUC alone once kept an epoch whose BMD R^2 was below 0).
+  auc is the vertebra AUC of the diagnosis score `score` (diagnosis_score); auc_prob and
+  auc_bmd are both readouts' AUCs where they exist. The checkpoint score is that AUC ('auc') or,
+  when BMD is predicted, the AUC plus the BMD R^2 ('auc+bmd_r2'): both are 1 when perfect, so
+  neither task's best epoch is kept at the other's expense (the AUC alone once kept an epoch
+  whose BMD R^2 was below 0).
   """
   check_select(select)
-  out = dict(auc=metrics.auc(y, prob), loss_class=metrics.log_loss(y, prob))
+  check_score(score, bmd_pred is not None)
+  out = dict(auc_prob=metrics.auc(y, prob), loss_class=metrics.log_loss(y, prob))
+  if bmd_pred is not None:
+    out['auc_bmd'] = metrics.auc(y, diagnosis_score(prob, bmd_pred, 'bmd'))
+  out['auc'] = out[f'auc_{score}']
   out['score'] = out['auc']
   if bmd_pred is not None:
     r = metrics.regression_metrics(bmd, bmd_pred)
@@ -320,7 +350,7 @@ def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r
 
 
 def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
-                  select: str = 'auc+bmd_r2'):
+                  select: str = 'auc+bmd_r2', score: str = 'prob'):
   """eval_fn(state) for lib.fit: selection_metrics on pools (all sites pooled)."""
   y = pools.rows.label.astype(int).to_numpy()
   images = pools.read(range(len(pools)))[:, 0]
@@ -332,7 +362,8 @@ def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
     if not with_bmd:
       return selection_metrics(y, o['prob'], select=select)
     return selection_metrics(y, o['prob'], pools.rows.bmd.to_numpy(float),
-                             unstandardise_bmd(o['bmd_z'], pools.rows.device, stats), select)
+                             unstandardise_bmd(o['bmd_z'], pools.rows.device, stats), select,
+                             score)
 
   return fn
 
@@ -408,7 +439,8 @@ def run(config, workdir: str):
                   batch_size=config.batch_size, log_every=config.log_every,
                   ckpt_every=config.ckpt_every, lr_fn=lib.make_schedule(optim, total),
                   name='finetune', eval_fn=validation_fn(model, valid, stats, with_bmd,
-                                                        config.get('select', 'auc+bmd_r2')),
+                                                        config.get('select', 'auc+bmd_r2'),
+                                                        config.get('score', 'prob')),
                   eval_every=eval_every)
   evals = lib.primary_first(
       lambda: pool_data.ensure_pool(config, ('valid', 'test'), progress=False), 'pool')
@@ -416,7 +448,8 @@ def run(config, workdir: str):
   def write_reports():              # process 0 alone: the figure, predictions and tables
     print(f'[finetune] validation curve: {plot_validation(workdir, steps_per_epoch)}',
           flush=True)
-    preds = predict_pools(model, state.averaged(), evals, stats, with_bmd=with_bmd)
+    preds = predict_pools(model, state.averaged(), evals, stats, with_bmd=with_bmd,
+                          score=config.get('score', 'prob'))
     report(preds, workdir)
     return preds
 
