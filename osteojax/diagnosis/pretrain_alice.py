@@ -28,9 +28,11 @@ Self-supervised Learning in 3D Medical Image Analysis"), following its public co
 - Loss (objectives/alice.py): [CLS] self-distillation across the two views, patch
   self-distillation between the two aligned features of each view, and 10 x the reconstruction
   error of the unmasked volumes; teacher temperature 0.01 (0.008 warm-up), student 0.1, centres
-  with momentum 0.9, the last layers frozen for the first epoch.
-- The teacher (encoder, decoder stage, head) is a moving average of the student, momentum 0.996
-  rising to 1 along a cosine. It lives in the train state's batch_stats (like the centres: state
+  with momentum 0.9, the last layers frozen for the first freeze_last_layer_epochs (Alice's 1
+  epoch at `:paper`; 0.1 in the CPU budget, configs/alice.py says why).
+- The teacher (encoder, decoder stage, head) is a moving average of the student, its momentum
+  rising from momentum_teacher to 1 along a cosine over the run (Alice's 0.996 at `:paper`; 0.9
+  in the CPU budget, a time constant of a tenth of its 94 steps). It lives in the train state's batch_stats (like the centres: state
   that no gradient trains) and holds the average before its pending update: each step first
   averages in the weights it receives (the previous step's result), then uses it, so step s
   uses the same teacher as Alice's update after step s - 1; the checkpoint's teacher lacks the
