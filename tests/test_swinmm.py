@@ -21,10 +21,14 @@ import swinmm as swinmm_config  # noqa: E402
 from osteojax.diagnosis import pretrain_swinmm  # noqa: E402
 
 
+def _np_transpose(v, p):
+  """SwinMM's permutations on our [z, y, x] axes: 0 identity, 1 x <-> y, 2 x <-> z."""
+  return v if p == 0 else np.swapaxes(v, 2, 2 - p)
+
+
 def _np_view(v, k, p):
-  """Rotation by k quarter-turns in the (H, W) plane, then axis 0 swapped with axis p."""
-  r = np.rot90(v, k, axes=(1, 2))
-  return r if p == 0 else np.swapaxes(r, 0, p)
+  """Rotation by k quarter-turns in the (y, z) plane, from y towards z, then transposition p."""
+  return _np_transpose(np.rot90(v, k, axes=(1, 0)), p)
 
 
 def test_views_and_their_inverses_against_numpy():
@@ -36,9 +40,13 @@ def test_views_and_their_inverses_against_numpy():
       got = np.asarray(view(v, k, p))
       np.testing.assert_array_equal(got, _np_view(v, k, p))
       np.testing.assert_array_equal(np.asarray(unview(got, k, p)), v)
-  # One quarter-turn by voxel: out[d, i, j] = v[d, j, W - 1 - i] (np.rot90's direction).
+  # One quarter-turn by voxel: out[z, y, x] = v[D - 1 - y, z, x] (the y axis turned onto z, x
+  # untouched); the swaps by voxel: out[z, y, x] = v[z, x, y] and v[x, y, z].
   r = np.asarray(swinmm.rotate(v, 1))
-  assert r[1, 2, 3, 1] == v[1, 3, 4 - 1 - 2, 1]
+  for z, y, x in ((1, 2, 3), (0, 3, 1), (3, 0, 2)):
+    assert r[z, y, x, 1] == v[4 - 1 - y, z, x, 1]
+    assert swinmm.transpose(v, 1)[z, y, x, 1] == v[z, x, y, 1]
+    assert swinmm.transpose(v, 2)[z, y, x, 1] == v[x, y, z, 1]
   # Per-example views under vmap (traced k, p), as the loss draws them.
   ks, ps = jnp.array([0, 1, 2, 3]), jnp.array([2, 1, 0, 2])
   vs = np.stack([v + i for i in range(4)])
@@ -136,7 +144,7 @@ def test_total_loss_against_hand_sum_of_terms():
       assert d['mask'][i, j].sum() == 4 * 8 and d['perm'][i, j] in (1, 2)
       np.testing.assert_array_equal(d['inputs'][i, j], d['views'][i, j] * (1 - d['mask'][i, j]))
       np.testing.assert_array_equal(d['inputs'][i, 2 + j],
-                                    np.swapaxes(d['inputs'][i, j], 0, d['perm'][i, j]))
+                                    _np_transpose(d['inputs'][i, j], d['perm'][i, j]))
   rot = rng.normal(size=(b, 4, 4)).astype(np.float32)
   z = rng.normal(size=(b, 4, 6)).astype(np.float32)
   rec = rng.normal(size=(b, 4, e, e, e)).astype(np.float32)
@@ -145,7 +153,7 @@ def test_total_loss_against_hand_sum_of_terms():
   def norm(v):
     return (v - v.mean()) / np.sqrt(v.var() + 1e-6)
 
-  back = lambda i, j: np.swapaxes(rec[i, 2 + j], 0, d['perm'][i, j])   # transposed back
+  back = lambda i, j: _np_transpose(rec[i, 2 + j], d['perm'][i, j])   # transposed back
   rec_sq, rec_t_sq, mut_sq = [], [], []
   for i in range(b):
     for j in range(2):

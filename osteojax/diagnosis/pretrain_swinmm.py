@@ -6,10 +6,12 @@ SwinMM row), task 'swinmm'.
 Wang et al. 2023 (SwinMM, "masked multi-view encoder"), on the original volume of each unlabeled
 vertebra (the texture pool's member 0). As in the authors' pre-training code (UCSC-VLAA/SwinMM,
 Pretrain/main.py), per vertebra:
-- two views x1, x2: the volume rotated by independent random quarter-turns k1, k2 in the axial
-  (y, x) plane (objectives/swinmm.py: view);
+- two views x1, x2: the volume rotated by independent random quarter-turns k1, k2 in the
+  sagittal (y, z) plane (the code's rotation in its (Y, Z) plane; objectives/swinmm.py says how
+  its RAS axes map onto our [z, y, x] arrays);
 - each masked: a random half of its patch^3 cubes set to 0 (a new mask per view);
-- two more inputs: each masked view transposed (its z axis swapped with y or with x, at random);
+- two more inputs: each masked view transposed (its x axis swapped with y or with z, at random:
+  the code's permutations X <-> Y and X <-> Z);
 - the four inputs through the shared encoder; from its last grid a light decoder reconstructs
   the volume, and from the pooled feature one linear layer predicts the rotation and another
   gives the contrastive embedding.
@@ -31,12 +33,14 @@ Choices where we differ, and why:
   LayerNorm over the channels in place of InstanceNorm: an instance norm of the 1^3 last grid
   would set every channel to zero. It has log2(patch * 2^stages) upsamplings (5, as the code's).
 - Mask cubes of 8 voxels at 32^3 (16 at `:paper` 64^3, the code's): 4^3 cubes either way.
-  Masks are drawn per vertebra (the code draws one per batch).
+  Masks are drawn per vertebra (the code draws one per batch). The code zeroes the complement
+  of the round(n mask_ratio) cubes it draws, n - round(n mask_ratio); we zero round(n
+  mask_ratio), the fraction the ratio names: the same 32 of 64 cubes at the ratio 0.5.
 - Mutual learning on both pairs (x1 and its transposition, x2 and its transposition), averaged;
   the code uses the first pair only. Its optional mutual term across rotations
   (--mutual_learning_on_more_view, off in its run.sh) is not implemented.
 - Contrast over the global batch (embeddings gathered across devices), the code per GPU.
-- No flips: a flip composed with an axial rotation is another rotation of a flipped volume, so
+- No flips: a flip composed with a rotation is another rotation of a flipped volume, so
   the rotation label would become ambiguous; the code flips nothing either (it crops, which
   would cut our vertebra ROI).
 The paper's text was not at hand here: the losses, weights, views and masking follow the

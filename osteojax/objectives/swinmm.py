@@ -1,10 +1,18 @@
 """SwinMM's pre-training objectives (Wang et al., MICCAI 2023) on volumes: the views, patch
 masking and the four losses (masked reconstruction, mutual learning, rotation, contrast).
 
-A volume is [D, H, W] (z, y, x). The views are SwinMM's: a rotation by k quarter-turns in the
-(H, W) plane (the code's rot90 over its last two spatial axes) and a transposition that swaps the
-first axis with the second or the third (the code's permutations 1 and 2; 0 is the identity).
-Both need equal edges; a transposition is its own inverse.
+A volume is [D, H, W] (z, y, x). The views are those of SwinMM's code (Pretrain/utils:
+view_transforms.py, view_ops.py), which works on MONAI's RAS arrays [X, Y, Z] (the patient's
+x, y, z); we apply its index operations with its X, Y, Z read as our x, y, z: a rotation by k
+quarter-turns in the sagittal (y, z) plane, turning y towards z (the code's rot90(k, (Y, Z));
+np.rot90(v, k, axes=(1, 0))), and a transposition that swaps x with y or x with z (the code's
+permutations 1, X <-> Y, and 2, X <-> Z; 0 is the identity). Both need equal edges; a
+transposition is its own inverse. Our ROIs run inferior -> superior, anterior -> posterior and
+right -> left (osteojax/data/extract.py), the code's RAS arrays inferior -> superior,
+posterior -> anterior and left -> right; so in the patient's frame our quarter-turn k is the
+code's -k (rotation labels 1 and 3 trade places, immaterial for a label drawn uniformly), our
+x <-> y swap is the code's X <-> Y, and our x <-> z swap is the code's X <-> Z followed by a
+half-turn in the (z, x) plane.
 """
 from __future__ import annotations
 
@@ -15,15 +23,15 @@ from jax import lax
 from osteojax.objectives import mae
 
 NUM_ROTATIONS = 4
-TRANSPOSES = ((0, 1, 2), (1, 0, 2), (2, 1, 0))    # axis orders: identity, D<->H, D<->W
+TRANSPOSES = ((0, 1, 2), (0, 2, 1), (2, 1, 0))    # axis orders: identity, y<->x, z<->x
 
 
 # ------------------------------------------------------------------------------------ views
 def rotate(v, k):
-  """v [D, H, W, ...] turned k (traced int, any sign) quarter-turns in the (H, W) plane, as
-  np.rot90(v, k, axes=(1, 2))."""
+  """v [D, H, W, ...] turned k (traced int, any sign) quarter-turns in the (H, D) plane, from H
+  towards D, as np.rot90(v, k, axes=(1, 0))."""
   return lax.switch(jnp.mod(k, NUM_ROTATIONS),
-                    [lambda a, i=i: jnp.rot90(a, i, axes=(1, 2)) for i in range(NUM_ROTATIONS)], v)
+                    [lambda a, i=i: jnp.rot90(a, i, axes=(1, 0)) for i in range(NUM_ROTATIONS)], v)
 
 
 def transpose(v, p):
@@ -44,7 +52,10 @@ def unview(v, k, p):
 
 # ------------------------------------------------------------------------------------ masking
 def num_masked(n_patches: int, mask_ratio: float) -> int:
-  """Masked patches per volume: round(n ratio), as SwinMM's mask_rand_patch."""
+  """Masked (zeroed) patches per volume: round(n ratio), the fraction SwinMM's --mask_ratio
+  names. Its mask_rand_patch draws round(n ratio) patches and zeroes the others,
+  n - round(n ratio): the same count at its ratio 0.5 when n is even (4^3 patches here), the
+  complement at other ratios."""
   return int(round(n_patches * mask_ratio))
 
 
