@@ -15,8 +15,9 @@ Self-supervised Learning in 3D Medical Image Analysis"), following its public co
   augmentation: Alice's code computes rotated, noisy copies of its views but feeds the
   originals.
 - Student / teacher: both views through the student with 75% of the voxels masked (columns of
-  cell x cell squares through the depth, objectives.alice.column_mask) and through the teacher
-  unmasked. Each branch is nnFormer's encoder, its first decoder stage with a reconstruction
+  cell x cell squares through the depth, objectives.alice.column_mask; zeroed, as Alice's
+  mask_model) and through the teacher unmasked. The mask is drawn per example and view; Alice's
+  code draws one per view for the whole batch. Each branch is nnFormer's encoder, its first decoder stage with a reconstruction
   (nnformer3d.DecoderStage; the rest of nnFormer's decoder is left out) and Alice's head (DINO's
   3-layer MLP with an L2-normalised bottleneck and weight-normalised last layers: one for the
   [CLS] feature, the pooled encoder, one for tokens, after a linear map of the encoder's last
@@ -39,7 +40,9 @@ Self-supervised Learning in 3D Medical Image Analysis"), following its public co
   last update. Alice's code fine-tunes from the student (extract_backbone_weights.py), and so
   does `configs/finetune.py --config.model.name=nnformer3d --config.init.checkpoint=<dir>`
   (params['encoder']).
-Simplifications: no dropout (Alice's CASA has 0.1) and no stochastic depth; the teacher's head
+Simplifications: no dropout (Alice's CASA has 0.1) and no stochastic depth; no absolute position
+embedding (Alice's nnFormer adds a fixed random one, nnformer3d's docstring says more); the
+teacher's head
 is the moving average of the student's (Alice's teacher shares its [CLS] last layer for tokens);
 one teacher temperature schedule for both terms (Alice's two have equal values); the project's
 AdamW recipe (no weight-decay schedule or gradient clipping).

@@ -23,13 +23,19 @@ nnFormer interleaves convolution and self-attention:
   its decoder's skips and are left out. No BatchNorm, no dropout, no stochastic depth.
 
 Details from the public code (282857341/nnFormer, network_architecture/nnFormer_synapse.py;
-Alice's models/nnFormer.py is the same encoder): GELU exact (erf), LayerNorm eps 1e-5,
+Alice's models/nnFormer.py is the same encoder plus an absolute position embedding, see below):
+GELU exact (erf), LayerNorm eps 1e-5,
 convolutions padded 1 on both sides as PyTorch's (resnet3d.Conv3D(padding=1)), biased; a
 window not shorter than the grid's shortest axis is clipped to it and not shifted. Two
 differences: the relative position index is Swin's, one table row per offset (the code scales
 the first axis by 3w - 1 instead of (2w - 1)^2, so that different offsets share rows; the table
 has the same size), and an input not a multiple of patch_size is refused instead of padded.
 Initialisers are Flax's defaults, except the convolution biases: PyTorch's (BiasConv3D).
+No absolute position embedding (as nnFormer_synapse.py): Alice's encoder (its Encoder's
+ape=True) adds one to the embedded tokens, a sine-cosine table that its trunc_normal_ then
+overwrites in place with N(0, 0.02^2) draws, held as a plain tensor (not a parameter or a
+buffer: never trained, not in its checkpoints, drawn separately for its student and teacher);
+ours has none, for Alice's pre-training too.
 
 Paper size (`:paper`): embedding dimension 96, depths 2-2-2-2, heads 3-6-12-24, LV-MSA windows
 4-4-8 (GV-MSA last), patch 2 at 64^3 (Alice's patch at its 64^3 crops): token grids
