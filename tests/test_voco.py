@@ -1,5 +1,6 @@
-"""VoCo: overlap targets against voxel counting on an explicit index grid, the loss against a
-numpy computation, config checks, 1 vs 4 devices, and VoCo -> fine-tuning end to end (tiny)."""
+"""VoCo: overlap targets against voxel counting on an explicit index grid, the crops and targets
+the loss function uses against explicit slices and counts, the loss against a numpy
+computation, config checks, 1 vs 4 devices, and VoCo -> fine-tuning end to end (tiny)."""
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 import multidevice
 from osteojax.diagnosis import pretrain_voco
+from osteojax.train import lib
 from osteojax.errors import ConfigError
 from osteojax.objectives import voco
 
@@ -50,6 +52,49 @@ def test_overlap_targets_count_voxels(shape, grid):
   assert bases.shape == (grid ** 3,) + crop
   for k in range(grid ** 3):
     assert (bases[k] == k).all()
+
+
+class _Flatten:
+  """A stand-in encoder whose embedding of a crop is its voxels: z = crop.ravel()."""
+
+  def apply(self, variables, x, train, mutable):
+    assert train and mutable == ['batch_stats']
+    return x.reshape(x.shape[0], -1), {'batch_stats': variables['batch_stats']}
+
+
+def test_loss_fn_pairs_crops_with_their_targets(monkeypatch):
+  """With flip_prob 0, what the loss function hands the encoder and the loss: each example's
+  base crops (raster order) then the slices at its drawn starts, and each random crop's target
+  row its voxel-count overlap with each base crop (explicit indices on a non-cubic ROI)."""
+  c = voco_config.get_config('tiny')
+  c.voco.num_crops, c.voco.flip_prob = 5, 0.0
+  shape, grid = (8, 12, 16), c.voco.grid
+  crop = voco.crop_shape(shape, grid)
+  vol = np.random.default_rng(0).random((3,) + shape).astype(np.float32)   # voxels distinct
+  # the loss term receives (z_base, z_random, targets): hand them back as metrics
+  monkeypatch.setattr(voco, 'voco_loss', lambda zb, zr, t, w: (
+      jnp.float32(0), dict(z_base=zb, z_random=zr, targets=t)))
+  loss_fn = pretrain_voco.make_loss_fn(c, _Flatten())
+  rng = jax.random.PRNGKey(3)
+  _, (_, got) = jax.vmap(lambda v: loss_fn({}, {}, {'volume': v}, rng, 0), axis_name=lib.AXIS)(
+      vol[None])
+  starts = jax.vmap(lambda v: pretrain_voco.draw_crops(v, rng, c.voco)[2], axis_name=lib.AXIS)(
+      vol[None])
+  got, starts = jax.tree_util.tree_map(lambda a: np.asarray(a[0]), got), np.asarray(starts[0])
+  labels = _label_volume(shape, grid)
+  assert got['z_base'].shape == (3, grid ** 3, np.prod(crop))
+  assert got['targets'].shape == (3, 5, grid ** 3) and len(set(map(tuple, starts[0]))) > 1
+  for i in range(3):
+    for kz, ky, kx in np.ndindex(grid, grid, grid):
+      box = vol[i, kz * crop[0]:(kz + 1) * crop[0], ky * crop[1]:(ky + 1) * crop[1],
+                kx * crop[2]:(kx + 1) * crop[2]]
+      np.testing.assert_array_equal(got['z_base'][i, (kz * grid + ky) * grid + kx], box.ravel())
+    for r, (z, y, x) in enumerate(starts[i]):
+      box = (slice(z, z + crop[0]), slice(y, y + crop[1]), slice(x, x + crop[2]))
+      np.testing.assert_array_equal(got['z_random'][i, r], vol[i][box].ravel())
+      count = np.bincount(labels[box].ravel(), minlength=grid ** 3)
+      np.testing.assert_allclose(got['targets'][i, r], count / count.sum(), atol=1e-7)
+  assert not np.array_equal(starts[0], starts[1])                # per-example draws
 
 
 def test_random_starts_cover_every_position():

@@ -96,14 +96,21 @@ def init_state(config, model, crop, optim, total_steps):
 
 def crops_and_targets(vol, key, c):
   """One volume [D, H, W] -> (crops [K + R, *crop]: the K base crops then the R random ones,
-  each flipped at random; overlap targets [R, K])."""
+  each flipped at random; overlap targets [R, K]; the random crops' corners [R, 3])."""
   crop = voco.crop_shape(vol.shape, c.grid)
   ks, kf = jax.random.split(key)
   starts = voco.random_starts(ks, c.num_crops, vol.shape, crop)
   crops = jnp.concatenate([voco.base_crops(vol, c.grid), voco.random_crops(vol, starts, crop)])
   crops = jax.vmap(lambda x, k: augment.flip(x, k, c.flip_prob))(
       crops, jax.random.split(kf, crops.shape[0]))
-  return crops, voco.overlap_targets(starts, crop, c.grid)
+  return crops, voco.overlap_targets(starts, crop, c.grid), starts
+
+
+def draw_crops(vol, rng, c):
+  """A device's batch [b, D, H, W] (inside pmap) -> crops_and_targets' outputs batched [b, ...],
+  each example from its own key (lib.example_keys). The loss function's draws."""
+  return jax.vmap(lambda v, key: crops_and_targets(v, key, c))(
+      vol, lib.example_keys(rng, vol.shape[0]))
 
 
 def make_loss_fn(config, model):
@@ -114,8 +121,7 @@ def make_loss_fn(config, model):
     del step
     vol = batch['volume']
     b, k = vol.shape[0], c.grid ** 3
-    crops, targets = jax.vmap(lambda v, key: crops_and_targets(v, key, c))(
-        vol, lib.example_keys(rng, b))                        # [b, K + R, d, h, w], [b, R, K]
+    crops, targets, _ = draw_crops(vol, rng, c)               # [b, K + R, d, h, w], [b, R, K]
     z, new_vars = model.apply({'params': params, 'batch_stats': batch_stats},
                               crops.reshape((-1,) + crops.shape[2:] + (1,)), train=True,
                               mutable=['batch_stats'])
