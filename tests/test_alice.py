@@ -1,4 +1,5 @@
-"""Alice: same-level partners and column masks against explicit index computations, the losses,
+"""Alice: same-level partners against explicit index computations, column masks by their cells,
+columns and fraction, the gradients of the assembled loss (freeze, teacher), the losses,
 schedules and CASA on tiny hand-made inputs against numpy, 1 vs 4 devices, and Alice ->
 fine-tuning end to end (tiny)."""
 import math
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 
 import multidevice
-from osteojax.diagnosis import pretrain_alice
+from osteojax.diagnosis import pretrain, pretrain_alice
 from osteojax.errors import ConfigError
 from osteojax.objectives import alice
+from osteojax.train import lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
@@ -43,21 +45,23 @@ def test_level_pairs_against_explicit_candidates():
   assert not np.array_equal(got, pairs.partners(idx, pretrain_alice.partner_rng(3, 8)))
 
 
-def test_column_mask_against_explicit_cells():
-  """Cells of 4 x 4 voxels over H x W = 8 x 12 (6 cells), ceil(0.75 x 6) = 5 masked: those
-  with the smallest uniform draws, each masked at every depth."""
-  key = jax.random.PRNGKey(5)
+def test_column_mask_cells_columns_and_fraction():
+  """Cells of 4 x 4 voxels over H x W = 8 x 12 (6 cells), ceil(0.75 x 6) = 5 masked: each
+  (y, x) column masked at every depth or none, whole cells, 5 / 6 of the voxels; each cell
+  masked about 5 / 6 of the time over many keys, and different keys give different masks."""
   shape, cell, ratio = (3, 8, 12), 4, 0.75
-  mask = np.asarray(alice.column_mask(key, shape, cell, ratio))
-  u = np.asarray(jax.random.uniform(key, (6,)))
-  chosen = set(np.argsort(u)[:5].tolist())
-  want = np.zeros(shape)
-  for z in range(3):
-    for y in range(8):
-      for x in range(12):
-        want[z, y, x] = (y // cell) * 3 + x // cell in chosen
-  np.testing.assert_array_equal(mask, want)
-  assert mask.mean() == pytest.approx(5 / 6)
+  masks = np.asarray(jax.vmap(lambda k: alice.column_mask(k, shape, cell, ratio))(
+      jax.random.split(jax.random.PRNGKey(5), 600)))
+  assert set(np.unique(masks)) == {0.0, 1.0}
+  per_column = masks.sum(1)                                     # [600, 8, 12] masked depths
+  assert set(np.unique(per_column)) == {0.0, 3.0}               # constant along depth
+  cells = per_column.reshape(600, 2, 4, 3, 4) / 3               # [key, cell row, y, cell col, x]
+  assert (cells.min((2, 4)) == cells.max((2, 4))).all()         # whole cells
+  per_cell = cells[:, :, 0, :, 0].reshape(600, 6)
+  np.testing.assert_array_equal(per_cell.sum(1), 5)             # 5 of the 6 cells
+  np.testing.assert_allclose(masks.mean((1, 2, 3)), 5 / 6, rtol=1e-6)
+  np.testing.assert_allclose(per_cell.mean(0), 5 / 6, atol=0.05)   # each cell alike
+  assert len({tuple(c) for c in per_cell}) == 6                 # all 6 choices of the free cell
 
 
 def _np_softmax(v):
@@ -131,14 +135,49 @@ def test_casa_against_numpy():
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_weight_norm_dense_has_unit_columns():
-  layer = pretrain_alice.WeightNormDense(3)
-  x = jnp.eye(5)
-  v = layer.init(jax.random.PRNGKey(0), x)
-  w = layer.apply(v, x)                                  # the normalised kernel itself
-  np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-6)
-  k = v['params']['kernel']
-  np.testing.assert_allclose(w, k / np.linalg.norm(k, axis=0), rtol=1e-6)
+def test_weight_norm_dense_by_hand():
+  """Kernel columns (3, 4) and (0, -2) scaled to unit norm: (0.6, 0.8) and (0, -1), whatever
+  the kernel's scale (the gain is fixed at 1)."""
+  layer = pretrain_alice.WeightNormDense(2)
+  kernel = jnp.array([[3.0, 0.0], [4.0, -2.0]])
+  x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 2.0]])
+  want = [[0.6, 0.0], [0.8, -1.0], [2.2, -2.0]]
+  np.testing.assert_allclose(layer.apply({'params': {'kernel': kernel}}, x), want, rtol=1e-6)
+  np.testing.assert_allclose(layer.apply({'params': {'kernel': 7 * kernel}}, x), want, rtol=1e-6)
+  assert layer.init(jax.random.PRNGKey(0), x)['params']['kernel'].shape == (2, 2)
+
+
+def test_loss_fn_gradients_freeze_and_teacher():
+  """Gradients of Alice's assembled loss (tiny, freeze 2 steps, momentum_teacher 0): the last
+  layers get none while step < 2 and some from step 2 on; the teacher and the centres get none;
+  and the student none through the teacher: with the teacher's weights equal to the student's,
+  the student's gradient is the same whether the step's momentum puts weight 0.98 on the
+  student (step 2) or 0 (step 11, past the end of the 10-step schedule)."""
+  config = alice_config.get_config('tiny')
+  config.alice.momentum_teacher, config.alice.freeze_last_layer_epochs = 0.0, 1.0
+  model = pretrain_alice.build_model(config)
+  state = pretrain_alice.init_state(config, model, (8, 8, 8), pretrain.optimizer_config(
+      config, 2), 10)
+  stats = dict(state.batch_stats, center=jnp.full((8,), 0.1), center2=jnp.full((8,), -0.1))
+  loss_fn = pretrain_alice.make_loss_fn(config, model, steps_per_epoch=2, total_steps=10)
+  vol = jax.random.uniform(jax.random.PRNGKey(1), (2, 2, 8, 8, 8))
+  batch = {'query': vol[0], 'anchor': vol[1]}
+
+  def loss(params, batch_stats, step):
+    return jax.vmap(lambda b: loss_fn(params, batch_stats, b, jax.random.PRNGKey(2), step)[0],
+                    axis_name=lib.AXIS)(jax.tree_util.tree_map(lambda a: a[None], batch))[0]
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  biggest = lambda tree: max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(tree))
+  got = {step: jax.device_get(grad(state.params, stats, step)) for step in (1, 2, 11)}
+  for step, (g_params, g_stats) in got.items():
+    last = biggest([g_params['head'][n] for n in ('last_layer', 'last_layer2')])
+    assert (last == 0.0) == (step < 2), (step, last)
+    assert biggest(g_params['head']['fc1']) > 0 and biggest(g_params['encoder']) > 0
+    assert biggest(g_stats) == 0.0                              # teacher and centres
+  np.testing.assert_allclose(alice.teacher_momentum(1, 10, 0.0), 0.0245, atol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(got[2][0]), jax.tree_util.tree_leaves(got[11][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_config_errors():
