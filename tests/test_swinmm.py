@@ -26,56 +26,58 @@ def _np_transpose(v, p):
   return v if p == 0 else np.swapaxes(v, 2, 2 - p)
 
 
-def _np_view(v, k, p):
-  """Rotation by k quarter-turns in the (y, z) plane, from y towards z, then transposition p."""
-  return _np_transpose(np.rot90(v, k, axes=(1, 0)), p)
+def _np_rotate(v, k):
+  """k quarter-turns in the (y, z) plane, from y towards z."""
+  return np.rot90(v, k, axes=(1, 0))
 
 
-def test_views_and_their_inverses_against_numpy():
+def test_views_against_numpy():
   v = np.arange(4 * 4 * 4 * 2, dtype=np.float32).reshape(4, 4, 4, 2)   # every voxel distinct
-  view = jax.jit(swinmm.view)
-  unview = jax.jit(swinmm.unview)
+  rotate, transpose = jax.jit(swinmm.rotate), jax.jit(swinmm.transpose)
   for k in range(-1, 5):
-    for p in range(3):
-      got = np.asarray(view(v, k, p))
-      np.testing.assert_array_equal(got, _np_view(v, k, p))
-      np.testing.assert_array_equal(np.asarray(unview(got, k, p)), v)
+    np.testing.assert_array_equal(np.asarray(rotate(v, k)), _np_rotate(v, k))
+  for p in range(3):
+    got = np.asarray(transpose(v, p))
+    np.testing.assert_array_equal(got, _np_transpose(v, p))
+    np.testing.assert_array_equal(np.asarray(transpose(got, p)), v)   # its own inverse
   # One quarter-turn by voxel: out[z, y, x] = v[D - 1 - y, z, x] (the y axis turned onto z, x
   # untouched); the swaps by voxel: out[z, y, x] = v[z, x, y] and v[x, y, z].
-  r = np.asarray(swinmm.rotate(v, 1))
+  r = np.asarray(rotate(v, 1))
   for z, y, x in ((1, 2, 3), (0, 3, 1), (3, 0, 2)):
     assert r[z, y, x, 1] == v[4 - 1 - y, z, x, 1]
-    assert swinmm.transpose(v, 1)[z, y, x, 1] == v[z, x, y, 1]
-    assert swinmm.transpose(v, 2)[z, y, x, 1] == v[x, y, z, 1]
+    assert transpose(v, 1)[z, y, x, 1] == v[z, x, y, 1]
+    assert transpose(v, 2)[z, y, x, 1] == v[x, y, z, 1]
   # Per-example views under vmap (traced k, p), as the loss draws them.
   ks, ps = jnp.array([0, 1, 2, 3]), jnp.array([2, 1, 0, 2])
   vs = np.stack([v + i for i in range(4)])
-  got = np.asarray(jax.vmap(swinmm.view)(vs, ks, ps))
+  rotated = np.asarray(jax.vmap(swinmm.rotate)(vs, ks))
+  transposed = np.asarray(jax.vmap(swinmm.transpose)(vs, ps))
   for i in range(4):
-    np.testing.assert_array_equal(got[i], _np_view(vs[i], int(ks[i]), int(ps[i])))
+    np.testing.assert_array_equal(rotated[i], _np_rotate(vs[i], int(ks[i])))
+    np.testing.assert_array_equal(transposed[i], _np_transpose(vs[i], int(ps[i])))
 
 
-def test_mutual_loss_zero_when_reconstructions_agree_after_unviewing():
+def test_mutual_loss_zero_when_reconstructions_agree_after_transposing_back():
   rng = np.random.default_rng(0)
   rec = rng.normal(size=(3, 4, 4, 4)).astype(np.float32)
-  ks, ps = np.array([1, 3, 2]), np.array([1, 2, 0])
+  ps = np.array([1, 2, 1])
   mask = (rng.random((3, 4, 4, 4)) < 0.5).astype(np.float32)
-  other = np.stack([_np_view(r, k, p) for r, k, p in zip(rec, ks, ps)])   # the same volumes
-  assert float(swinmm.mutual_loss(rec, other, ks, ps, mask)) == 0.0
-  # Not brought back (the views as they are): they disagree.
+  other = np.stack([_np_transpose(r, p) for r, p in zip(rec, ps)])   # the same volumes
+  assert float(swinmm.mutual_loss(rec, other, ps, mask)) == 0.0
+  # Not brought back (the transposed volumes as they are): they disagree.
   assert float(swinmm.masked_mse(rec, other, mask)) > 0
   # One masked voxel of example 1 changed by 0.5 in rec's frame: 0.25 / (masked voxels).
   i = tuple(np.argwhere(mask[1])[0])
   moved = rec.copy()
   moved[(1,) + i] += 0.5
-  other = np.stack([_np_view(r, k, p) for r, k, p in zip(moved, ks, ps)])
-  assert float(swinmm.mutual_loss(rec, other, ks, ps, mask)) == pytest.approx(
+  other = np.stack([_np_transpose(r, p) for r, p in zip(moved, ps)])
+  assert float(swinmm.mutual_loss(rec, other, ps, mask)) == pytest.approx(
       0.25 / mask.sum(), rel=1e-5)
   # ... and an unmasked voxel changed does not count.
   moved = rec.copy()
   moved[(1,) + tuple(np.argwhere(mask[1] == 0)[0])] += 0.5
-  other = np.stack([_np_view(r, k, p) for r, k, p in zip(moved, ks, ps)])
-  assert float(swinmm.mutual_loss(rec, other, ks, ps, mask)) == 0.0
+  other = np.stack([_np_transpose(r, p) for r, p in zip(moved, ps)])
+  assert float(swinmm.mutual_loss(rec, other, ps, mask)) == 0.0
 
 
 def test_patch_mask_counts():
@@ -140,7 +142,7 @@ def test_total_loss_against_hand_sum_of_terms():
   d = jax.tree_util.tree_map(np.asarray, drawn)
   for i in range(b):
     for j in range(2):
-      np.testing.assert_array_equal(d['views'][i, j], _np_view(x[i], d['rot'][i, j], 0))
+      np.testing.assert_array_equal(d['views'][i, j], _np_rotate(x[i], d['rot'][i, j]))
       assert d['mask'][i, j].sum() == 4 * 8 and d['perm'][i, j] in (1, 2)
       np.testing.assert_array_equal(d['inputs'][i, j], d['views'][i, j] * (1 - d['mask'][i, j]))
       np.testing.assert_array_equal(d['inputs'][i, 2 + j],

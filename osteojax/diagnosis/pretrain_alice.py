@@ -61,6 +61,7 @@ from osteojax import models
 from osteojax.diagnosis import pretrain
 from osteojax.errors import ConfigError
 from osteojax.models import nnformer3d
+from osteojax.models.heads import l2_normalize
 from osteojax.objectives import alice
 from osteojax.train import lib
 
@@ -127,7 +128,7 @@ class AliceHead(nn.Module):
       x = mlp[2](nn.gelu(mlp[1](x), approximate=False))
       # F.normalize(x, eps=1e-12) with a finite gradient at 0 (tokens of an all-zero region
       # are exactly 0 at init, where the gradient of jnp.linalg.norm is 0 / 0)
-      return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+      return l2_normalize(x, eps=1e-12)
 
     last_tokens = WeightNormDense(self.out_dim, name='last_layer2')
     cls = WeightNormDense(self.out_dim, name='last_layer')(project(pooled))

@@ -147,7 +147,6 @@ def build_model(config) -> SwinMMModel:
 
 
 def init_state(config, model, input_shape, optim, total_steps):
-  check_config(config, input_shape)
   x = jnp.zeros((2,) + tuple(input_shape) + (1,), jnp.float32)
   params = jax.jit(lambda k: model.init(k, x)['params'])(jax.random.PRNGKey(config.seed))
   return lib.create_state(apply_fn=model.apply, params=params,
@@ -183,11 +182,10 @@ def swinmm_terms(outputs, drawn, c, gather=lambda z: z):
     target = swinmm.normalized_volumes(target.reshape((-1,) + target.shape[2:])).reshape(
         target.shape)
   flat = lambda a: a.reshape((-1,) + a.shape[2:])          # [b, 2, ...] -> [2b, ...]
-  back = jax.vmap(jax.vmap(swinmm.unview))(rec[:, 2:], jnp.zeros_like(perm), perm)
+  back = jax.vmap(jax.vmap(swinmm.transpose))(rec[:, 2:], perm)    # transposed back
   recon = (swinmm.masked_mse(rec[:, :2], target, mask)
            + swinmm.masked_mse(back, target, mask))
-  mutual = swinmm.mutual_loss(flat(rec[:, :2]), flat(rec[:, 2:]), jnp.zeros_like(flat(perm)),
-                              flat(perm), flat(mask))
+  mutual = swinmm.mutual_loss(flat(rec[:, :2]), flat(rec[:, 2:]), flat(perm), flat(mask))
   rot_logits = flat(rot_logits[:, :2])
   rotation = swinmm.rotation_loss(rot_logits, flat(rot))
   zg = gather(z[:, :2])

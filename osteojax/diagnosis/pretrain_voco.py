@@ -58,10 +58,6 @@ class VoCoModel(nn.Module):
                                name=f'proj_bn{i}')(h))
     return nn.Dense(self.proj_dim, name='proj_out')(h)
 
-  def embed(self, x):
-    """Frozen-encoder features for probes: [B, D, H, W, 1] -> [B, F] (running statistics)."""
-    return self.encoder(x, False)
-
 
 def check_config(config) -> tuple:
   """The base-crop shape of config's ROI; ConfigError on values VoCo cannot use."""

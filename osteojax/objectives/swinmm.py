@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from osteojax.models.heads import l2_normalize
 from osteojax.objectives import mae
 
 NUM_ROTATIONS = 4
@@ -38,16 +39,6 @@ def transpose(v, p):
   """v [D, H, W, ...] with its spatial axes in the order TRANSPOSES[p] (p traced: 0, 1 or 2)."""
   rest = tuple(range(3, v.ndim))
   return lax.switch(p, [lambda a, t=t: jnp.transpose(a, t + rest) for t in TRANSPOSES], v)
-
-
-def view(v, k, p):
-  """SwinMM's view (k, p) of a volume: rotated by k quarter-turns, then transposed by p."""
-  return transpose(rotate(v, k), p)
-
-
-def unview(v, k, p):
-  """The inverse of view(., k, p): back to the volume's own orientation."""
-  return rotate(transpose(v, p), -k)
 
 
 # ------------------------------------------------------------------------------------ masking
@@ -89,15 +80,14 @@ def masked_mse(pred, target, mask):
   return jnp.sum((pred - target) ** 2 * mask) / jnp.sum(mask)
 
 
-def mutual_loss(rec, rec_other, k, p, mask):
-  """SwinMM's mutual learning: the reconstruction of another view of the same masked input,
-  brought back to rec's orientation, should agree with rec on the masked voxels.
+def mutual_loss(rec, rec_other, p, mask):
+  """SwinMM's mutual learning: the reconstruction of the transposed masked input, transposed
+  back, should agree with rec on the masked voxels.
 
-  rec, rec_other: [B, D, H, W]; rec_other is of the view (k [B], p [B]) of rec's input; mask
+  rec, rec_other: [B, D, H, W]; rec_other is of rec's input transposed by p [B]; mask
   [B, D, H, W] in rec's orientation. Both reconstructions receive gradients (as in SwinMM).
   """
-  back = jax.vmap(unview)(rec_other, k, p)
-  return masked_mse(rec, back, mask)
+  return masked_mse(rec, jax.vmap(transpose)(rec_other, p), mask)
 
 
 def rotation_loss(logits, labels):
@@ -112,8 +102,7 @@ def nt_xent(z1, z2, temperature: float):
   Cosine similarities s of the 2N embeddings; each embedding's positive is its pair; the mean
   over the 2N embeddings of -log(exp(s_pos / t) / sum over the 2N - 1 others of exp(s / t)).
   """
-  z = jnp.concatenate([z1, z2])
-  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  z = l2_normalize(jnp.concatenate([z1, z2]), eps=1e-12)       # F.normalize's eps
   n = z1.shape[0]
   logits = z @ z.T / temperature
   logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
