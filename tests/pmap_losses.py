@@ -25,24 +25,25 @@ from osteojax.objectives import alice  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
 
-def main_finetune(steps: int = 3, encoder: str = 'resnet3d'):
-  """MoE + unified loss on random volumes and labels, batch 8 over the simulated devices."""
+def main_finetune(steps: int = 3, encoder: str = 'resnet3d', batch: int = 8, edge: int = 16):
+  """MoE + unified loss on random volumes (edge^3) and labels, `batch` over the simulated
+  devices."""
   config = finetune_config.get_config('tiny')
   config.model.name = encoder
   rng = np.random.default_rng(0)
-  data = dict(image=rng.random((16, 16, 16, 16)).astype(np.float32),
+  data = dict(image=rng.random((16, edge, edge, edge)).astype(np.float32),
               device=rng.integers(0, 3, 16).astype(np.int32),
               label=rng.integers(0, 2, 16).astype(np.int32),
               bmd_z=rng.normal(size=16).astype(np.float32),
               level=rng.integers(12, 16, 16).astype(np.int32))
   data['class_weight'] = finetune.class_weights(data['label'], 'balanced')
   model = finetune.build_model(config)
-  state = finetune.init_state(config, model, (16, 16, 16), finetune._optim(config, 2), 10)
+  state = finetune.init_state(config, model, (edge,) * 3, finetune._optim(config, 2), 10)
   p_state = lib.replicate(state)
   step = lib.make_train_step(finetune.make_loss_fn(config, model))
   losses = []
   for s in range(steps):
-    idx = lib.batch_indices(16, 8, 0, s)
+    idx = lib.batch_indices(16, batch, 0, s)
     p_state, m = step(p_state, lib.shard({k: v[idx] for k, v in data.items()}),
                       jax.random.PRNGKey(0))
     losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
@@ -70,9 +71,9 @@ def main_mae(steps: int = 4):
                         proto_sum=float(np.asarray(final).sum()))))
 
 
-def main_voco(steps: int = 4):
-  """VoCo on random volumes, batch 8 over the simulated devices (per-example crops, BatchNorm
-  over all crops of all devices)."""
+def main_voco(steps: int = 2):
+  """VoCo on random volumes, batch 4 over the simulated devices (per-example crops, BatchNorm
+  over all crops of all devices: on 4 devices one vertebra's crops each)."""
   config = voco_config.get_config('tiny')
   data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
   model = pretrain_voco.build_model(config)
@@ -82,7 +83,7 @@ def main_voco(steps: int = 4):
   step = lib.make_train_step(pretrain_voco.make_loss_fn(config, model))
   losses = []
   for s in range(steps):
-    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 8, 0, s)]}),
+    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 4, 0, s)]}),
                       jax.random.PRNGKey(0))
     losses.append(float(flax.jax_utils.unreplicate(m)['loss']))
   final = flax.jax_utils.unreplicate(p_state)
@@ -93,9 +94,9 @@ def main_voco(steps: int = 4):
                                             jax.tree_util.tree_leaves(final.batch_stats))))))
 
 
-def main_swinmm(steps: int = 4):
-  """SwinMM on random volumes, batch 8 over the simulated devices (per-example views and masks,
-  the contrastive loss over the gathered global batch)."""
+def main_swinmm(steps: int = 2):
+  """SwinMM on random volumes, batch 4 over the simulated devices (per-example views and masks,
+  the contrastive loss over the gathered global batch: on 4 devices one vertebra each)."""
   config = swinmm_config.get_config('tiny')
   data = np.random.default_rng(0).random((16, 16, 16, 16)).astype(np.float32)
   model = pretrain_swinmm.build_model(config)
@@ -105,7 +106,7 @@ def main_swinmm(steps: int = 4):
   step = lib.make_train_step(pretrain_swinmm.make_loss_fn(config, model))
   losses, terms = [], []
   for s in range(steps):
-    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 8, 0, s)]}),
+    p_state, m = step(p_state, lib.shard({'volume': data[lib.batch_indices(16, 4, 0, s)]}),
                       jax.random.PRNGKey(0))
     m = flax.jax_utils.unreplicate(m)
     losses.append(float(m['loss']))
@@ -115,9 +116,10 @@ def main_swinmm(steps: int = 4):
                         proto_sum=float(np.asarray(final).sum()))))
 
 
-def main_alice(steps: int = 3):
-  """Alice on random volumes, batch 8 pairs over the simulated devices (per-example masks,
-  partners of the same level from other 'patients', the teacher in batch_stats)."""
+def main_alice(steps: int = 2):
+  """Alice on random volumes, batch 4 pairs over the simulated devices (per-example masks,
+  partners of the same level from other 'patients', the teacher in batch_stats; the teacher
+  check at step 1 catches an average off by one step)."""
   config = alice_config.get_config('tiny')
   config.alice.momentum_teacher = 0.5     # the teacher moves by half the student's steps, so
                                           # that an average off by one step shows
@@ -132,7 +134,7 @@ def main_alice(steps: int = 3):
   weights = [jax.device_get(student(state))]       # the student before each step
   losses, teacher_err = [], 0.0
   for s in range(steps):
-    idx = lib.batch_indices(16, 8, 0, s)
+    idx = lib.batch_indices(16, 4, 0, s)
     partners = pairs.partners(idx, pretrain_alice.partner_rng(0, s))
     p_state, m = step(p_state, lib.shard({'query': data[idx], 'anchor': data[partners]}),
                       jax.random.PRNGKey(0))
@@ -163,17 +165,17 @@ def main(views: str, steps: int = 4):
   if views == 'mae':
     return main_mae(steps)
   if views == 'voco':
-    return main_voco(steps)
+    return main_voco()
   if views == 'swinmm':
-    return main_swinmm(steps)
+    return main_swinmm()
   if views == 'alice':
     return main_alice()
   if views == 'finetune':
     return main_finetune(steps)
   if views == 'finetune_swin':
     return main_finetune(steps, 'swin3d')
-  if views == 'finetune_nnformer':
-    return main_finetune(steps, 'nnformer3d')
+  if views == 'finetune_nnformer':     # as small as it runs: 2 steps, one 8^3 volume a device
+    return main_finetune(2, 'nnformer3d', batch=4, edge=8)
   config = tp_swav.get_config('tiny')
   config.views = views
   if views == 'crops':

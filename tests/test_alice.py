@@ -192,8 +192,8 @@ def test_config_errors():
 
 
 def test_alice_steps_one_and_four_devices_agree():
-  """Three Alice steps (student, teacher average, centres) on 1 and 4 simulated devices; the
-  teacher each step stores is Alice's moving average of the student."""
+  """Two Alice steps (student, teacher average, centres) on 1 and 4 simulated devices, one
+  pair a device; the teacher each step stores is Alice's moving average of the student."""
   one, four = multidevice.run('pmap_losses.py', 'alice')
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(one['proto_sum'], four['proto_sum'], rtol=1e-5, atol=1e-5)

@@ -150,26 +150,29 @@ def _direct_conv(x, kernel, bias, stride, pad):
   return y
 
 
-@pytest.mark.parametrize('shape,cin', [((1, 8, 8, 8), 1), ((1, 8, 7, 6), 3), ((1, 5, 4, 3), 4)])
-def test_downsampling_conv_padding_and_grid(shape, cin):
-  """The stride-2 3^3 convolution padded 1 on both sides (PyTorch's, as nnFormer's): each impl
-  (space-to-depth for 1 channel, strided im2col, XLA's) against a direct convolution; output
-  grid (g + 1) // 2, output voxel i centred on input voxel 2i."""
-  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), shape + (cin,)))
-  for impl in ('lax', 'im2col'):
-    conv = nnformer3d.BiasConv3D(5, 3, 2, impl)
-    v = conv.init(jax.random.PRNGKey(1), x)
-    v = jax.tree_util.tree_map(lambda a: a + 0.1, v)                    # non-zero bias
-    got = jax.jit(conv.apply)(v, x)
-    assert got.shape[1:4] == tuple((g + 1) // 2 for g in shape[1:4])
-    want = _direct_conv(x, np.asarray(v['params']['conv']['kernel']),
-                        np.asarray(v['params']['bias']), 2, 1)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-  centre = np.zeros((3, 3, 3, cin, 1), np.float32)
+def test_downsampling_conv_padding_and_grid():
+  """The stride-2 3^3 convolution padded 1 on both sides (PyTorch's, as nnFormer's) against a
+  direct convolution, for each way it is computed: XLA's ('lax') and 'im2col', which is
+  space-to-depth for a narrow input (1 channel, even and odd edges) and strided im2col for a
+  wider one (4 channels): output grid (g + 1) // 2, output voxel i centred on input voxel 2i.
+  One compilation for the three."""
+  rng = np.random.default_rng(0)
+  narrow = rng.normal(size=(1, 8, 7, 6, 1)).astype(np.float32)
+  wide = rng.normal(size=(1, 5, 4, 3, 4)).astype(np.float32)
+  params = [{'conv': {'kernel': rng.normal(size=(3, 3, 3, c, 5)).astype(np.float32)},
+             'bias': rng.normal(size=5).astype(np.float32)} for c in (1, 4)]
+  apply = lambda impl, p, x: nnformer3d.BiasConv3D(5, 3, 2, impl).apply({'params': p}, x)
+  got = jax.jit(lambda: (apply('lax', params[0], narrow), apply('im2col', params[0], narrow),
+                         apply('im2col', params[1], wide)))()
+  for y, p, x in zip(got, (params[0], params[0], params[1]), (narrow, narrow, wide)):
+    assert y.shape[1:4] == tuple((g + 1) // 2 for g in x.shape[1:4])
+    np.testing.assert_allclose(y, _direct_conv(x, p['conv']['kernel'], p['bias'], 2, 1),
+                               atol=1e-5, rtol=1e-5)
+  # the reference's centring: the centre tap alone picks input voxel 2i
+  centre = np.zeros((3, 3, 3, 4, 1), np.float32)
   centre[1, 1, 1] = 1.0
-  conv = nnformer3d.BiasConv3D(1, 3, 2)
-  y = conv.apply({'params': {'conv': {'kernel': centre}, 'bias': np.zeros(1)}}, x)
-  np.testing.assert_allclose(y[..., 0], x[:, ::2, ::2, ::2].sum(-1), atol=1e-6)
+  np.testing.assert_allclose(_direct_conv(wide, centre, np.zeros(1), 2, 1)[..., 0],
+                             wide[:, ::2, ::2, ::2].sum(-1), atol=1e-6)
 
 
 @pytest.mark.parametrize('g', [2, 3, 4, 5, 8])
@@ -182,7 +185,8 @@ def test_downsample_module_grid(g):
 
 
 def test_nnformer_finetune_step_one_and_four_devices_agree():
-  """Three MoE fine-tuning steps of the tiny nnFormer encoder on 1 and 4 simulated devices."""
+  """Two MoE fine-tuning steps of the tiny nnFormer encoder on 1 and 4 simulated devices (8^3
+  volumes, one a device)."""
   import multidevice
   one, four = multidevice.run('pmap_losses.py', 'finetune_nnformer')
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
