@@ -9,8 +9,10 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 BUILD_PREREQS := numpy setuptools wheel versioneer
 PIP := $(PY) -m pip install --disable-pip-version-check -q
-# uv installs the pinned set (parallel downloads, no bytecode pass): about half a minute on the
-# 2-core machine, where pip took 1.6 min.
+# uv installs the pinned set (parallel downloads): about half a minute on the 2-core machine, where
+# pip took 1.6 min. The bytecode pass after it (~20 s) matters where PYTHONDONTWRITEBYTECODE is
+# set: without .pyc files every Python process compiles jax and flax from source again, ~6 s each,
+# and the test suite starts dozens of them.
 UV := $(VENV)/bin/uv pip install -q --python $(PY)
 WORKDIR ?= runs/default
 # XLA's compiled programs are kept on disk and reused by later processes (the test suite's
@@ -29,6 +31,7 @@ $(STAMP): requirements.txt
 	$(UV) --no-build-isolation $(shell grep -iE '^pyradiomics==' requirements.txt)
 	$(UV) -r requirements.txt
 	$(UV) --no-deps --no-build-isolation -e .
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') osteojax
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

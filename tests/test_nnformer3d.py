@@ -184,9 +184,12 @@ def test_downsample_module_grid(g):
   assert y.shape == (1, (g + 1) // 2, (g + 1) // 2, (g + 1) // 2, 12)
 
 
+@pytest.mark.slow
 def test_nnformer_finetune_step_one_and_four_devices_agree():
   """Two MoE fine-tuning steps of the tiny nnFormer encoder on 1 and 4 simulated devices (8^3
-  volumes, one a device)."""
+  volumes, one a device). Slow: the default suite trains the same encoder on 1 and 4 devices in
+  Alice's test (test_alice.py::test_alice_steps_one_and_four_devices_agree), and the MoE head in
+  the ResNet one (test_finetune.py)."""
   import multidevice
   one, four = multidevice.run('pmap_losses.py', 'finetune_nnformer')
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)

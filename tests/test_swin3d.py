@@ -153,8 +153,12 @@ def test_encoder_from_config_names():
     models.encoder_from_config(c)
 
 
+@pytest.mark.slow
 def test_swin_finetune_step_one_and_four_devices_agree():
-  """Three MoE fine-tuning steps of the tiny Swin-T on 1 and 4 simulated devices."""
+  """Three MoE fine-tuning steps of the tiny Swin-T on 1 and 4 simulated devices. Slow: the
+  default suite trains the same encoder on 1 and 4 devices in SwinMM's test
+  (test_swinmm.py::test_swinmm_steps_one_and_four_devices_agree), and the MoE head in the
+  ResNet one (test_finetune.py)."""
   import multidevice
   one, four = multidevice.run('pmap_losses.py', 'finetune_swin')
   np.testing.assert_allclose(one['losses'], four['losses'], rtol=1e-5, atol=1e-5)
