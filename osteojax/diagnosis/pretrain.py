@@ -216,14 +216,27 @@ def run(config, workdir: str):
         f'= {total} steps, batch {config.batch_size} on {jax.device_count()} device(s)',
         flush=True)
 
-  def make_batch(step):
-    idx = lib.batch_indices(n, config.batch_size, config.seed, step)
-    return {'pool': pools.read(lib.host_indices(idx))}
+  return fit_unlabeled(config, workdir, state, make_loss_fn(config, model, steps_per_epoch), n,
+                       optim, total, lambda idx, step: {'pool': pools.read(lib.host_indices(idx))},
+                       post_update=post_update, name=config.task)
 
-  return lib.fit(workdir=workdir, state=state,
-                 loss_fn=make_loss_fn(config, model, steps_per_epoch),
-                 make_batch=make_batch, total_steps=total, seed=config.seed,
-                 batch_size=config.batch_size, log_every=config.log_every,
-                 ckpt_every=config.ckpt_every, max_to_keep=config.get('keep_checkpoints', 3),
-                 post_update=post_update,
-                 lr_fn=lib.make_schedule(optim, total), name=config.task)
+
+def fit_unlabeled(config, workdir, state, loss_fn, n, optim, total, batch, post_update=None,
+                  name=None):
+  """lib.fit with a pre-training config's seed, batch size, logging, checkpoints and schedule:
+  step s trains on batch(idx, s), idx the global batch's indices into the n unlabeled vertebrae
+  (the loop every pre-training task shares)."""
+  def make_batch(step):
+    return batch(lib.batch_indices(n, config.batch_size, config.seed, step), step)
+
+  return lib.fit(workdir=workdir, state=state, loss_fn=loss_fn, make_batch=make_batch,
+                 total_steps=total, seed=config.seed, batch_size=config.batch_size,
+                 log_every=config.log_every, ckpt_every=config.ckpt_every,
+                 max_to_keep=config.get('keep_checkpoints', 3), post_update=post_update,
+                 lr_fn=lib.make_schedule(optim, total), name=name or config.task)
+
+
+def volume_batch(pools):
+  """batch(idx, step) for fit_unlabeled of the methods that make their views inside the loss
+  (MAE, VoCo, SwinMM): the original volumes, this host's share."""
+  return lambda idx, step: {'volume': pools.read(lib.host_indices(idx))[:, 0]}

@@ -288,15 +288,11 @@ def run(config, workdir: str):
         f'partner), {steps_per_epoch} steps/epoch x {config.epochs} epochs = {total} steps, '
         f'batch {config.batch_size} pairs on {jax.device_count()} device(s)', flush=True)
 
-  def make_batch(step):
-    idx = lib.batch_indices(n, config.batch_size, config.seed, step)
+  def batch(idx, step):
     partners = pairs.partners(idx, partner_rng(config.seed, step))
     return {'query': pools.read(lib.host_indices(idx))[:, 0],
             'anchor': pools.read(lib.host_indices(partners))[:, 0]}
 
-  return lib.fit(workdir=workdir, state=state,
-                 loss_fn=make_loss_fn(config, model, steps_per_epoch, total),
-                 make_batch=make_batch, total_steps=total, seed=config.seed,
-                 batch_size=config.batch_size, log_every=config.log_every,
-                 ckpt_every=config.ckpt_every, max_to_keep=config.get('keep_checkpoints', 3),
-                 lr_fn=lib.make_schedule(optim, total), name='alice')
+  return pretrain.fit_unlabeled(config, workdir, state,
+                                make_loss_fn(config, model, steps_per_epoch, total), n, optim,
+                                total, batch, name='alice')

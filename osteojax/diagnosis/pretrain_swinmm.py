@@ -228,12 +228,5 @@ def run(config, workdir: str):
         f'{total} steps, batch {config.batch_size} on {jax.device_count()} device(s); 4 inputs '
         f'a vertebra, mask ratio {c.mask_ratio} of {c.mask_patch}^3 cubes', flush=True)
 
-  def make_batch(step):
-    idx = lib.batch_indices(n, config.batch_size, config.seed, step)
-    return {'volume': pools.read(lib.host_indices(idx))[:, 0]}
-
-  return lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
-                 make_batch=make_batch, total_steps=total, seed=config.seed,
-                 batch_size=config.batch_size, log_every=config.log_every,
-                 ckpt_every=config.ckpt_every, max_to_keep=config.get('keep_checkpoints', 3),
-                 lr_fn=lib.make_schedule(optim, total), name='swinmm')
+  return pretrain.fit_unlabeled(config, workdir, state, make_loss_fn(config, model), n, optim,
+                                total, pretrain.volume_batch(pools), name='swinmm')
