@@ -4,7 +4,6 @@ schedules and CASA on tiny hand-made inputs against numpy, 1 vs 4 devices, and A
 fine-tuning end to end (tiny)."""
 import math
 import os
-import subprocess
 import sys
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import multidevice
+import pretrain_finetune
 from osteojax.diagnosis import pretrain, pretrain_alice
 from osteojax.errors import ConfigError
 from osteojax.objectives import alice
@@ -206,18 +206,4 @@ def test_alice_steps_one_and_four_devices_agree():
 @pytest.mark.slow
 def test_alice_then_finetune_tiny(tmp_path):
   """`alice` pre-trains the tiny nnFormer and the fine-tuning task starts from its encoder."""
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  data = f'--config.data.dir={tmp_path / "data"}'
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
-                      'configs/alice.py:tiny', '--workdir', str(tmp_path / 'alice'), data],
-                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert '[alice] done' in r.stdout
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
-                      'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
-                      '--config.model.name=nnformer3d',
-                      f'--config.init.checkpoint={tmp_path / "alice"}', '--config.epochs=1'],
-                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f'encoder from {tmp_path / "alice"}' in r.stdout
-  assert (tmp_path / 'ft' / 'predictions.csv').exists()
+  pretrain_finetune.run(tmp_path, 'alice', 'nnformer3d')

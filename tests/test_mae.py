@@ -1,8 +1,5 @@
 """3-D ViT and MAE: patches, masking, the loss on masked patches against hand computations, the
 parameter count at ViT-B size, 1 vs 4 devices, and MAE -> fine-tuning end to end (tiny)."""
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +7,9 @@ import numpy as np
 import pytest
 
 import multidevice
+import pretrain_finetune
 from osteojax.models import vit3d
 from osteojax.objectives import mae
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_patchify_against_slices_and_inverse():
@@ -91,18 +87,4 @@ def test_mae_steps_one_and_four_devices_agree():
 @pytest.mark.slow
 def test_mae_then_finetune_tiny(tmp_path):
   """`mae` pre-trains the tiny ViT and the fine-tuning task starts from its encoder."""
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  data = f'--config.data.dir={tmp_path / "data"}'
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config', 'configs/mae.py:tiny',
-                      '--workdir', str(tmp_path / 'mae'), data], capture_output=True,
-                     encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert '[mae] done' in r.stdout
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
-                      'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
-                      '--config.model.name=vit3d', f'--config.init.checkpoint={tmp_path / "mae"}',
-                      '--config.epochs=1'], capture_output=True, encoding='utf-8',
-                     errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f'encoder from {tmp_path / "mae"}' in r.stdout
-  assert (tmp_path / 'ft' / 'predictions.csv').exists()
+  pretrain_finetune.run(tmp_path, 'mae', 'vit3d')

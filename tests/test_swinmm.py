@@ -2,7 +2,6 @@
 weighted total against numpy computations, config checks, 1 vs 4 devices, and SwinMM ->
 fine-tuning end to end (tiny)."""
 import os
-import subprocess
 import sys
 
 import jax
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 import multidevice
+import pretrain_finetune
 from osteojax.errors import ConfigError
 from osteojax.objectives import swinmm
 
@@ -206,18 +206,4 @@ def test_swinmm_steps_one_and_four_devices_agree():
 @pytest.mark.slow
 def test_swinmm_then_finetune_tiny(tmp_path):
   """`swinmm` pre-trains the tiny Swin-T and the fine-tuning task starts from its encoder."""
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  data = f'--config.data.dir={tmp_path / "data"}'
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
-                      'configs/swinmm.py:tiny', '--workdir', str(tmp_path / 'swinmm'), data],
-                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert '[swinmm] done' in r.stdout
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
-                      'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
-                      '--config.model.name=swin3d',
-                      f'--config.init.checkpoint={tmp_path / "swinmm"}', '--config.epochs=1'],
-                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f'encoder from {tmp_path / "swinmm"}' in r.stdout
-  assert (tmp_path / 'ft' / 'predictions.csv').exists()
+  pretrain_finetune.run(tmp_path, 'swinmm', 'swin3d')

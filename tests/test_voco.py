@@ -2,7 +2,6 @@
 the loss function uses against explicit slices and counts, the loss against a numpy
 computation, config checks, 1 vs 4 devices, and VoCo -> fine-tuning end to end (tiny)."""
 import os
-import subprocess
 import sys
 
 import jax
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 import multidevice
+import pretrain_finetune
 from osteojax.diagnosis import pretrain_voco
 from osteojax.train import lib
 from osteojax.errors import ConfigError
@@ -158,19 +158,5 @@ def test_voco_steps_one_and_four_devices_agree():
 def test_voco_then_finetune_tiny(tmp_path):
   """`voco` pre-trains the tiny ResNet and the fine-tuning task starts from its encoder."""
   from osteojax.train import pretrained
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  data = f'--config.data.dir={tmp_path / "data"}'
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config', 'configs/voco.py:tiny',
-                      '--workdir', str(tmp_path / 'voco'), data], capture_output=True,
-                     encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert '[voco] done' in r.stdout
-  _, enc, _ = pretrained.load_encoder(str(tmp_path / 'voco'))
+  _, enc, _ = pretrained.load_encoder(pretrain_finetune.run(tmp_path, 'voco'))
   assert 'stem' in enc['params'] and 'stem_bn' in enc['batch_stats']
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
-                      'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
-                      f'--config.init.checkpoint={tmp_path / "voco"}', '--config.epochs=1'],
-                     capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f'encoder from {tmp_path / "voco"}' in r.stdout
-  assert (tmp_path / 'ft' / 'predictions.csv').exists()
