@@ -1,17 +1,19 @@
-"""Benchmark the TP-SwAV train step: slim and full ResNet34-3D (3-D Swin-T and ViT with
---encoders swin3d vit3d), at the CPU default and the paper's input size. Prints one JSON line.
+"""Benchmark the TP-SwAV train step: slim and full ResNet34-3D (3-D Swin-T, ViT and nnFormer's
+encoder with --encoders swin3d vit3d nnformer3d), at the CPU default and the paper's input size.
+Prints one JSON line.
 
   python tools/bench_train_step.py [--sizes 32 64] [--batch 8] [--steps 3] [--conv lax im2col]
-                                   [--widths slim|full|both] [--encoders resnet3d swin3d vit3d]
+                                   [--widths slim|full|both]
+                                   [--encoders resnet3d swin3d vit3d nnformer3d]
 
 Each entry: step time (s, median of --steps warm steps; the two warm-up calls, the first of
 which compiles, are excluded and reported as first_step_s), and
 examples/s (vertebrae per second; each vertebra gives two views through the encoder), for each
 convolution implementation (models/resnet3d.Conv3D: 'lax' is XLA's convolution, the reference;
 'im2col' the matrix-product / space-to-depth form, 'auto' picks per backend), with each one's
-speed-up over 'lax' at the same widths and size (measured in this run). Swin-T and ViT have
-no convolution choice; 'slim' is each one's CPU variant (configs/tp_swav.py), 'full' its paper
-size (Swin-UNETR's encoder, ViT-B).
+speed-up over 'lax' at the same widths and size (measured in this run). Swin-T, ViT and
+nnFormer have no convolution choice; 'slim' is each one's CPU variant (configs/tp_swav.py),
+'full' its paper size (Swin-UNETR's encoder, ViT-B, nnFormer's Synapse widths).
 """
 import argparse
 import json
@@ -80,7 +82,7 @@ def main():
                   choices=resnet3d.CONV_IMPLS)
   ap.add_argument('--widths', choices=('slim', 'full', 'both'), default='both')
   ap.add_argument('--encoders', nargs='+', default=['resnet3d'],
-                  choices=('resnet3d', 'swin3d', 'vit3d'))
+                  choices=('resnet3d', 'swin3d', 'vit3d', 'nnformer3d'))
   a = ap.parse_args()
   widths = dict(slim=[(16, 32, 64, 128)], full=[(64, 128, 256, 512)])
   widths['both'] = widths['slim'] + widths['full']
