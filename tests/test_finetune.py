@@ -171,6 +171,28 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
     finetune.run(bad, str(tmp / 'bad'))
 
 
+def test_evaluate_tool_reads_the_split_asked(tiny_run, tmp_path):
+  """tools/evaluate.py on the tiny run: the test split by default, --split valid the validation
+  rows; the vertebra AUC over all sites against sklearn's on the rows of that split."""
+  from sklearn.metrics import roc_auc_score
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import evaluate as evaluate_tool
+  tmp, _, _ = tiny_run
+  for split in ('test', 'valid'):
+    out = tmp_path / split
+    args = ['--workdir', str(tmp / 'finetune'), '--name', 'm', '--out', str(out)]
+    assert evaluate_tool.main(args + (['--split', split] if split == 'valid' else [])) == 0
+    with open(out / 'results.json', encoding='utf-8') as f:
+      summary = json.load(f)
+    assert summary['split'] == split
+    preds = pd.read_csv(tmp / 'finetune' / finetune.PREDICTIONS)
+    rows = preds[preds.split == split]
+    score = rows.score if 'score' in rows else rows.prob
+    got = [r['auc'] for r in summary['models']['m']['per_seed']
+           if r['site'] == 'all' and r['level'] == 'vertebra']
+    np.testing.assert_allclose(got, [roc_auc_score(rows.label, score)], rtol=1e-9)
+
+
 def test_predict_on_a_torso_ct(tiny_run, tmp_path, capsys):
   """tools/predict.py: per-vertebra report of a generated torso; clear errors on bad input."""
   from osteojax.diagnosis import predict

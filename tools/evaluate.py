@@ -9,7 +9,9 @@ the valid and test splits of its data set (<workdir>/predictions.csv is rewritte
 decision threshold is fixed on validation (osteojax/evaluate/diagnosis.py), never on test.
 --baselines adds the prediction CSVs of tools/run_baselines.py as rows. Writes results.md,
 results.json, roc_vertebra.png, roc_patient.png to --out (default <first workdir>/eval) and
-prints the tables. Bad input: one line `error: <file>: <problem>`, exit status 2.
+prints the tables. --split valid reads the validation split instead (where recipes are
+chosen; the thresholds are still those fixed on it). Bad input: one line
+`error: <file>: <problem>`, exit status 2.
 """
 import argparse
 import glob
@@ -42,6 +44,8 @@ def main(argv=None):
   ap.add_argument('--baselines', default=None, help='folder of tools/run_baselines.py CSVs')
   ap.add_argument('--base', default=None, help='paired tests of the other rows against this one')
   ap.add_argument('--out', default=None, help='output folder (default <first workdir>/eval)')
+  ap.add_argument('--split', default='test', choices=diagnosis.SPLITS,
+                  help='the split the tables read (default test)')
   args = ap.parse_args(argv)
   names = args.name or [os.path.basename(os.path.normpath(w)) for w in args.workdir]
   if len(names) != len(args.workdir):
@@ -54,7 +58,7 @@ def main(argv=None):
     for path in csvs:
       models[os.path.splitext(os.path.basename(path))[0]] = diagnosis.read_predictions(path)
   out = args.out or os.path.join(args.workdir[0], 'eval')
-  summary = diagnosis.write_report(models, out, base=args.base)
+  summary = diagnosis.write_report(models, out, split=args.split, base=args.base)
   print(diagnosis.markdown_report(summary))
   print(f'tables and ROC curves: {out}/')
   return 0
