@@ -171,6 +171,33 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
     finetune.run(bad, str(tmp / 'bad'))
 
 
+def test_probe_reads_the_encoder_of_a_checkpoint(tiny_run):
+  """probe.load_encoder_state on the tiny run's TP-SwAV workdir: the encoder alone gives the
+  SwAV model's own embedding (model.embed with the checkpoint's whole variables), and the random
+  init of a method without the SwAV model (MAE's ViT) embeds too."""
+  from osteojax.diagnosis import pool_data, pretrain, probe
+  from osteojax.train import pretrained
+  import mae as mae_config
+  tmp, c, _ = tiny_run
+  pre = str(tmp / 'pretrain')
+  config = pretrained.read_config(pre)
+  pools = pool_data.ensure_pool(c, ('valid',), False)
+  encoder, variables = probe.load_encoder_state(config, pre, pools.shape[2:])
+  got = probe.embeddings(encoder, variables, pools)
+  model = pretrain.build_model(config)
+  whole, _ = pretrained.load_variables(pre)
+  x = jnp.asarray(pools.read(range(len(pools)))[:, 0, ..., None])
+  want = model.apply(whole, x, method=model.embed)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.abs(got).max() > 0
+  m = mae_config.get_config('tiny')
+  encoder, variables = probe.load_encoder_state(m, None, pools.shape[2:])
+  assert variables['batch_stats'] == {}
+  assert probe.recompute_batch_stats(encoder, variables, pools) is variables
+  feats = probe.embeddings(encoder, variables, pools)
+  assert feats.shape[0] == len(pools) and np.isfinite(feats).all()
+
+
 def test_evaluate_tool_reads_the_split_asked(tiny_run, tmp_path):
   """tools/evaluate.py on the tiny run: the test split by default, --split valid the validation
   rows; the vertebra AUC over all sites against sklearn's on the rows of that split."""

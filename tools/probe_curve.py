@@ -11,7 +11,10 @@ patient; test is never used), with each --bn mode. Finished runs and probes are 
 results file is the cache), so an interrupted curve resumes. Writes <out>/probe_curve.json,
 <out>/probe_curve.md (a row per checkpoint) and <out>/probe_curve.png. This is how the CPU
 default budget of configs/tp_swav.py was chosen (docs/diagnosis.md, "Recipe choices"). Intermediate
-checkpoints of one long schedule stand in for separate runs of each budget.
+checkpoints of one long schedule stand in for separate runs of each budget. Every pre-training
+method has a curve (--methods mae voco swinmm alice too; the probe reads the encoder of any), and
+--set changes the encoder or the optimiser, e.g. `--methods tp_swav --set model.name=swin3d
+optim.lr=1e-4` for the learning rate of a transformer row, chosen on these curves.
 """
 import argparse
 import json
@@ -24,15 +27,20 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
+import alice as alice_config  # noqa: E402
+import mae as mae_config  # noqa: E402
 import swav as swav_config  # noqa: E402
+import swinmm as swinmm_config  # noqa: E402
 import tp_swav  # noqa: E402
+import voco as voco_config  # noqa: E402
 
 from osteojax.diagnosis import probe  # noqa: E402
 from osteojax.data import io as dio  # noqa: E402
 from osteojax.diagnosis import pool_data  # noqa: E402
 from osteojax.train import lib  # noqa: E402
 
-CONFIGS = {'tp_swav': tp_swav, 'swav': swav_config}
+CONFIGS = {'tp_swav': tp_swav, 'swav': swav_config, 'mae': mae_config, 'voco': voco_config,
+           'swinmm': swinmm_config, 'alice': alice_config}
 
 
 def _parse_value(v: str):

@@ -1,7 +1,8 @@
 """Linear probes of a frozen pre-trained encoder: does pre-training put bone in the features?
 
-Embeddings: the encoder's pooled features (before the projection head) of the labeled
-vertebrae's original volumes (pool channel 0). Batch statistics: 'running' uses the encoder's
+Embeddings: the encoder's pooled features (before any projection head) of the labeled
+vertebrae's original volumes (pool channel 0); the encoder is config.model, taken from the
+checkpoint of any pre-training method (TP-SwAV, SwAV, MAE, VoCo, SwinMM, Alice). Batch statistics: 'running' uses the encoder's
 running averages from pre-training; 'recompute' re-estimates every BatchNorm's statistics on the
 probe's own inputs first (precise BN: the mean over batches of the batch statistics). TP-SwAV's
 running averages mix the original volume with the four texture maps, whose intensities differ,
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import linear_model, metrics, model_selection, pipeline, preprocessing
 
+from osteojax import models
 from osteojax.diagnosis import pool_data, pretrain
 from osteojax.errors import ConfigError
 from osteojax.train import lib, pretrained
@@ -27,14 +29,24 @@ BN_MODES = ('running', 'recompute')
 
 
 def load_encoder_state(config, workdir: str | None, input_shape, step: int | None = None):
-  """(model, variables) from workdir's newest checkpoint (or `step`), or random init (None)."""
-  model = pretrain.build_model(config)
+  """(encoder, its {'params', 'batch_stats'}) of config.model: the sub-module 'encoder' of
+  workdir's checkpoint (newest, or `step`) of any pre-training method, or (workdir None) a
+  random init of config.seed: for TP-SwAV / SwAV the init of the whole pre-training model, the
+  step 0 of its run; for the other methods the encoder's own."""
+  encoder = models.encoder_from_config(config.model)
   if workdir is not None:
-    variables, _ = pretrained.load_variables(workdir, step)
-    return model, jax.tree_util.tree_map(jnp.asarray, variables)
-  optim = pretrain.optimizer_config(config, 1)
-  state = pretrain.init_state(config, model, input_shape, optim, 1)
-  return model, {'params': state.params, 'batch_stats': state.batch_stats}
+    _, variables, _ = pretrained.load_encoder(workdir, step)
+  elif 'swav' in config:
+    model = pretrain.build_model(config)
+    state = pretrain.init_state(config, model, input_shape, pretrain.optimizer_config(config, 1),
+                                1)
+    variables = {'params': state.params['encoder'],
+                 'batch_stats': state.batch_stats.get('encoder', {})}
+  else:
+    init = encoder.init(jax.random.PRNGKey(config.seed),
+                        jnp.zeros((1,) + tuple(input_shape) + (1,)), False)
+    variables = {'params': init['params'], 'batch_stats': init.get('batch_stats', {})}
+  return encoder, jax.tree_util.tree_map(jnp.asarray, variables)
 
 
 def _batches(pools: pool_data.PoolSet, batch: int):
@@ -49,6 +61,8 @@ def recompute_batch_stats(model, variables, pools: pool_data.PoolSet, batch: int
   updated averages are (1 - momentum) x that batch's statistics; their mean over batches,
   divided by (1 - momentum), is the precise-BN estimate.
   """
+  if not variables['batch_stats']:           # no BatchNorm (the transformers): nothing to redo
+    return variables
   zeros = jax.tree_util.tree_map(jnp.zeros_like, variables['batch_stats'])
 
   def one(x):
@@ -73,9 +87,9 @@ def recompute_batch_stats(model, variables, pools: pool_data.PoolSet, batch: int
   return {'params': variables['params'], 'batch_stats': stats}
 
 
-def embeddings(model, variables, pools: pool_data.PoolSet, batch: int = 32) -> np.ndarray:
-  """Encoder features [N, F] of the original volume of every ROI in pools."""
-  fn = jax.jit(lambda x: model.apply(variables, x, method=model.embed))
+def embeddings(encoder, variables, pools: pool_data.PoolSet, batch: int = 32) -> np.ndarray:
+  """Encoder features [N, F] (evaluation mode) of the original volume of every ROI in pools."""
+  fn = jax.jit(lambda x: encoder.apply(variables, x, False))
   return np.concatenate([np.asarray(fn(jnp.asarray(x))) for x in _batches(pools, batch)])
 
 
@@ -107,7 +121,7 @@ def run_probe(config, workdir: str | None, step: int | None = None, bn: str = 'r
   if bn not in BN_MODES:
     raise ConfigError(f'unknown bn mode {bn!r}; known: {", ".join(BN_MODES)}')
   pools = pools or pool_data.ensure_pool(config, ('train', 'valid'), progress=False)
-  model, variables = load_encoder_state(config, workdir, pools.shape[2:], step)
+  encoder, variables = load_encoder_state(config, workdir, pools.shape[2:], step)
   if bn == 'recompute':
-    variables = recompute_batch_stats(model, variables, pools)
-  return probe_scores(embeddings(model, variables, pools), pools.rows, config.seed)
+    variables = recompute_batch_stats(encoder, variables, pools)
+  return probe_scores(embeddings(encoder, variables, pools), pools.rows, config.seed)
