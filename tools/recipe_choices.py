@@ -4,6 +4,8 @@
       [--epochs 8] [--arg '']
   python tools/recipe_choices.py --round schedule --seeds 0 1 2 --out results/recipe_schedule \
       --init runs/default/pretrain
+  python tools/recipe_choices.py --round encoders --seeds 0 --out results/recipe_encoders \
+      [--variants swin3d_lr1e-4 swin3d_lr3e-4 ...]
 
 Round 'first' (the first build's faults): each variant is the fine-tuning default
 (configs/finetune.py: scratch encoder, unified loss, device-gated MoE) with BASE (scanner
@@ -11,7 +13,9 @@ intensity, no class weights) and one setting changed. Round 'schedule': each var
 fine-tuning default of that round (balanced class weights, scanner intensity, the encoder
 from `--init`, make run's TP-SwAV pre-training) with its schedule changed, and every run is
 read out both ways (the class head's probability and the BMD head's reading, config.score),
-each with its own kept epoch. Every run is `python -m osteojax.main --config
+each with its own kept epoch. Round 'encoders': the 3-D Swin-T, ViT and nnFormer encoders
+from scratch (class loss, one head, the fine-tuning default otherwise) at lr 1e-4, 3e-4 and
+1e-3, for the learning rate of the transformer rows. Every run is `python -m osteojax.main --config
 configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted ones
 resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each epoch,
 all sites pooled): the kept epoch's AUC (the epoch of best AUC + BMD R^2, config.select), the
@@ -58,7 +62,17 @@ SCHEDULES = {
     'lr1e-3_e16': ('lr 1e-3, 16 epochs', {'epochs': 16, 'ckpt_every': 62}),
     'lr3e-4_e16': ('lr 3e-4, 16 epochs', {'optim.lr': 3e-4, 'epochs': 16, 'ckpt_every': 62}),
 }
-ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES)}
+# Round 'encoders' (the transformer rows of the paper's Tables 2 and 5): each encoder from scratch
+# with the class loss and a single head (the grid's swin_scratch_class row), the fine-tuning
+# default otherwise (16 epochs, balanced class weights, scanner intensity), at three learning
+# rates: the rate of each transformer row, chosen on validation before the grid runs it.
+ENCODER_BASE = {'loss.cls': 1.0, 'loss.bmd': 0.0, 'loss.level': 0.0, 'head.moe': False,
+                'score': 'prob'}
+ENCODER_LRS = {f'{enc}_lr{lr}': (f'{enc} from scratch, lr {lr}',
+                                 {'model.name': enc, 'optim.lr': float(lr)})
+               for enc in ('swin3d', 'vit3d', 'nnformer3d') for lr in ('1e-4', '3e-4', '1e-3')}
+ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES),
+          'encoders': (ENCODER_BASE, ENCODER_LRS)}
 READOUTS = ('prob', 'bmd')
 
 
