@@ -98,7 +98,7 @@ def test_slim_encoder_shapes(input_shape, expect):
   assert out.shape == (2, expect) and set(variables) == {'params'}
   if input_shape == (8, 8, 8):
     x = jax.random.normal(jax.random.PRNGKey(1), x.shape)
-    y = jax.jit(enc.apply)(enc.init(jax.random.PRNGKey(0), x), x)
+    y = jax.jit(lambda k, x: enc.apply(enc.init(k, x), x))(jax.random.PRNGKey(0), x)
     assert bool(jnp.isfinite(y).all()) and float(jnp.abs(y[0] - y[1]).max()) > 1e-3
 
 
