@@ -31,7 +31,8 @@ $(STAMP): requirements.txt
 	$(UV) --no-build-isolation $(shell grep -iE '^pyradiomics==' requirements.txt)
 	$(UV) -r requirements.txt
 	$(UV) --no-deps --no-build-isolation -e .
-	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') osteojax
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') osteojax \
+	  || echo "[setup] bytecode pass incomplete (only slower process starts follow)"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -22,6 +22,14 @@ def run(tmp_path, task: str, encoder: str | None = None) -> str:
   data = f'--config.data.dir={tmp_path / "data"}'
   pre = str(tmp_path / task)
   assert f'[{task}] done' in _main('--config', f'configs/{task}.py:tiny', '--workdir', pre, data)
+  # the linear probe reads the run's encoder (running statistics: the tiny set is too small to
+  # recompute them)
+  from osteojax.diagnosis import probe
+  from osteojax.train import pretrained
+  config = pretrained.read_config(pre)
+  config.data.dir = str(tmp_path / 'data')
+  r = probe.run_probe(config, pre, bn='running')
+  assert 0.0 <= r['auc'] <= 1.0 and r['n'] > 0
   model = [f'--config.model.name={encoder}'] if encoder else []
   out = _main('--config', 'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
               *model, f'--config.init.checkpoint={pre}', '--config.epochs=1')

@@ -217,3 +217,11 @@ def test_recomputed_batch_stats_are_the_data_statistics():
   z_init, _ = model.apply(variables, inp, train=False)
   assert np.abs(np.asarray(z_init) - np.asarray(z_train[0])).max() > 10 * 2e-4
   assert 'queue' in fixed['batch_stats']
+  # the probe recomputes on the encoder alone (probe.load_encoder_state): the same statistics
+  from osteojax import models
+  encoder = models.encoder_from_config(c.model)
+  alone = probe.recompute_batch_stats(encoder, {'params': state.params['encoder'],
+                                                'batch_stats': state.batch_stats['encoder']},
+                                      _Pools(x))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         alone['batch_stats'], fixed['batch_stats']['encoder'])

@@ -13,7 +13,7 @@ convolution implementation (models/resnet3d.Conv3D: 'lax' is XLA's convolution, 
 'im2col' the matrix-product / space-to-depth form, 'auto' picks per backend), with each one's
 speed-up over 'lax' at the same widths and size (measured in this run). Swin-T, ViT and
 nnFormer have no convolution choice; 'slim' is each one's CPU variant (configs/tp_swav.py),
-'full' its paper size (Swin-UNETR's encoder, ViT-B, nnFormer's Synapse widths).
+'full' its paper size (Swin-UNETR's encoder, ViT-B, nnFormer's `:paper` encoder).
 """
 import argparse
 import json

@@ -4,7 +4,7 @@
   python tools/evaluate.py --workdir runs/ft_moe --workdir runs/ft_scratch \
       --name moe --name scratch --base moe --baselines results/baselines --out results/eval
 
-Each --workdir is a fine-tuning run (configs/finetune.py); its newest good checkpoint predicts
+Each --workdir is a fine-tuning run (configs/finetune.py); its kept checkpoint (best on validation) predicts
 the valid and test splits of its data set (<workdir>/predictions.csv is rewritten). The
 decision threshold is fixed on validation (osteojax/evaluate/diagnosis.py), never on test.
 --baselines adds the prediction CSVs of tools/run_baselines.py as rows. Writes results.md,
@@ -25,7 +25,7 @@ from osteojax.evaluate import diagnosis
 
 
 def predict_workdir(workdir: str):
-  """Predictions table of a fine-tuning workdir's newest checkpoint on its valid/test split."""
+  """Predictions table of a fine-tuning workdir's kept checkpoint on its valid/test split."""
   try:
     config, model, variables, stats = finetune.load(workdir)
   except (FileNotFoundError, ValueError) as e:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator checks in one call: paper-size train steps (ResNet34-3D, 3-D Swin-T, ViT-B at
-# 64^3, batch 32) beside the CPU default's slim step, texture maps against pyradiomics' maps,
+# The accelerator checks in one call: paper-size train steps (ResNet34-3D, 3-D Swin-T, ViT-B,
+# nnFormer's encoder at 64^3, batch 32) beside the CPU default's slim step, texture maps against pyradiomics' maps,
 # the all-pairs correlation and registration at the paper's resolution. Each benchmark prints
 # its JSON; all of it is written under $OUT (default results/gpu). Every step has its own time
 # limit so that one slow compile leaves the others' numbers.
@@ -24,8 +24,8 @@ step() {   # step NAME SECONDS COMMAND...: run with a limit, JSON to $OUT/NAME.j
   if [ $rc -ne 0 ]; then tail -c 1200 "$OUT/$name.err"; fi
   tail -c 1500 "$OUT/$name.json"; echo
 }
-step train_paper 200 $PY tools/bench_train_step.py --sizes 64 --batch 32 --widths full \
-  --conv lax --encoders resnet3d swin3d vit3d --steps 10
+step train_paper 260 $PY tools/bench_train_step.py --sizes 64 --batch 32 --widths full \
+  --conv lax --encoders resnet3d swin3d vit3d nnformer3d --steps 10
 step train_slim 50 $PY tools/bench_train_step.py --sizes 32 --batch 32 --widths slim \
   --conv lax --steps 10
 step correlation 50 $PY tools/bench_correlation.py --sizes 10,32,100 --skip-loop-above 10

@@ -8,7 +8,8 @@ For each method and seed, pre-trains `python -m osteojax.main --config configs/<
 kept), then probes the frozen encoder at every checkpoint and at step 0 (random init of the
 same seed) with osteojax/diagnosis/probe.py (5-fold CV over labeled train + valid, folds grouped by
 patient; test is never used), with each --bn mode. Finished runs and probes are skipped (the
-results file is the cache), so an interrupted curve resumes. Writes <out>/probe_curve.json,
+results file is the cache), so an interrupted curve resumes; an --out keeps the --arg and --set
+it was made with (settings.json) and refuses others. Writes <out>/probe_curve.json,
 <out>/probe_curve.md (a row per checkpoint) and <out>/probe_curve.png. This is how the CPU
 default budget of configs/tp_swav.py was chosen (docs/diagnosis.md, "Recipe choices"). Intermediate
 checkpoints of one long schedule stand in for separate runs of each budget. Every pre-training
@@ -110,6 +111,15 @@ def main():
                   help='config overrides for pre-training, e.g. optim.lr=1e-4')
   a = ap.parse_args()
   os.makedirs(a.out, exist_ok=True)
+  settings, set_path = dict(arg=a.arg, set=sorted(a.set)), os.path.join(a.out, 'settings.json')
+  if os.path.exists(set_path):        # an --out holds one setting: its runs and probes are reused
+    with open(set_path, encoding='utf-8') as f:
+      before = json.load(f)
+    if before != settings:
+      ap.error(f'{a.out} holds runs of --arg {before["arg"]!r} --set {" ".join(before["set"])}; '
+               f'give another --out for other settings')
+  else:
+    dio.atomic_write_text(set_path, json.dumps(settings))
   res_path = os.path.join(a.out, 'probe_curve.json')
   results = {}
   if os.path.exists(res_path):

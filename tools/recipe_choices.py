@@ -134,6 +134,8 @@ def main():
   unknown = [n for n in names if n not in variants]
   if unknown:
     ap.error(f'variant(s) {unknown} are not in round {a.round!r}: {", ".join(variants)}')
+  if a.round == 'encoders' and a.init:
+    ap.error("round 'encoders' trains every encoder from scratch; --init does not apply")
   readouts = READOUTS if a.round == 'schedule' else (None,)
   res = {}
   for seed in a.seeds:                   # seed-major: an interrupted sweep covers every row

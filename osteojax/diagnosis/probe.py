@@ -35,7 +35,13 @@ def load_encoder_state(config, workdir: str | None, input_shape, step: int | Non
   step 0 of its run; for the other methods the encoder's own."""
   encoder = models.encoder_from_config(config.model)
   if workdir is not None:
-    _, variables, _ = pretrained.load_encoder(workdir, step)
+    pre_config, variables, _ = pretrained.load_encoder(workdir, step)
+    want = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), jnp.zeros(
+        (1,) + tuple(input_shape) + (1,)), False))['params']
+    shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(a.shape), t)
+    if shapes(variables['params']) != shapes(want):
+      raise ConfigError(f'the encoder in {workdir} (model {dict(pre_config.model)}) does not '
+                        f'match config.model; probe with the settings it was trained with')
   elif 'swav' in config:
     model = pretrain.build_model(config)
     state = pretrain.init_state(config, model, input_shape, pretrain.optimizer_config(config, 1),
