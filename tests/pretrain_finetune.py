@@ -16,23 +16,23 @@ def _main(*args: str) -> str:
   return r.stdout
 
 
-def run(tmp_path, task: str, encoder: str | None = None) -> str:
-  """configs/<task>.py:tiny into <tmp_path>/<task>, then configs/finetune.py:tiny from its encoder
-  (model.name=encoder when given) into <tmp_path>/ft; returns the pre-training workdir."""
-  data = f'--config.data.dir={tmp_path / "data"}'
-  pre = str(tmp_path / task)
-  assert f'[{task}] done' in _main('--config', f'configs/{task}.py:tiny', '--workdir', pre, data)
-  # the linear probe reads the run's encoder (running statistics: the tiny set is too small to
-  # recompute them)
+def run(tmp_path, task: str, encoder: str | None = None) -> dict:
+  """configs/<task>.py:tiny into <tmp_path>/<task>, a linear probe of its encoder (running
+  statistics: the tiny set is too small to recompute them), then configs/finetune.py:tiny from
+  its encoder (model.name=encoder when given) into <tmp_path>/ft. Returns {'pre': the
+  pre-training workdir, 'pre_log' and 'ft_log': their stdout, 'probe': the probe's scores,
+  'predictions': the fine-tuning run's predictions.csv path}; the callers assert on them."""
   from osteojax.diagnosis import probe
   from osteojax.train import pretrained
+  data = f'--config.data.dir={tmp_path / "data"}'
+  pre = str(tmp_path / task)
+  pre_log = _main('--config', f'configs/{task}.py:tiny', '--workdir', pre, data)
   config = pretrained.read_config(pre)
   config.data.dir = str(tmp_path / 'data')
-  r = probe.run_probe(config, pre, bn='running')
-  assert 0.0 <= r['auc'] <= 1.0 and r['n'] > 0
+  scores = probe.run_probe(config, pre, bn='running')
   model = [f'--config.model.name={encoder}'] if encoder else []
-  out = _main('--config', 'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
-              *model, f'--config.init.checkpoint={pre}', '--config.epochs=1')
-  assert f'encoder from {pre}' in out
-  assert (tmp_path / 'ft' / 'predictions.csv').exists()
-  return pre
+  ft_log = _main('--config', 'configs/finetune.py:tiny', '--workdir', str(tmp_path / 'ft'), data,
+                 *model, f'--config.init.checkpoint={pre}', '--config.epochs=1')
+  return dict(pre=pre, pre_log=pre_log, ft_log=ft_log, probe=scores,
+              predictions=tmp_path / 'ft' / 'predictions.csv')
+

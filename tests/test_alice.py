@@ -206,4 +206,6 @@ def test_alice_steps_one_and_four_devices_agree():
 @pytest.mark.slow
 def test_alice_then_finetune_tiny(tmp_path):
   """`alice` pre-trains the tiny nnFormer and the fine-tuning task starts from its encoder."""
-  pretrain_finetune.run(tmp_path, 'alice', 'nnformer3d')
+  r = pretrain_finetune.run(tmp_path, 'alice', 'nnformer3d')
+  assert '[alice] done' in r['pre_log'] and f'encoder from {r["pre"]}' in r['ft_log']
+  assert r['predictions'].exists() and 0.0 <= r['probe']['auc'] <= 1.0

@@ -87,4 +87,6 @@ def test_mae_steps_one_and_four_devices_agree():
 @pytest.mark.slow
 def test_mae_then_finetune_tiny(tmp_path):
   """`mae` pre-trains the tiny ViT and the fine-tuning task starts from its encoder."""
-  pretrain_finetune.run(tmp_path, 'mae', 'vit3d')
+  r = pretrain_finetune.run(tmp_path, 'mae', 'vit3d')
+  assert '[mae] done' in r['pre_log'] and f'encoder from {r["pre"]}' in r['ft_log']
+  assert r['predictions'].exists() and 0.0 <= r['probe']['auc'] <= 1.0

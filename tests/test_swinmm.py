@@ -206,4 +206,6 @@ def test_swinmm_steps_one_and_four_devices_agree():
 @pytest.mark.slow
 def test_swinmm_then_finetune_tiny(tmp_path):
   """`swinmm` pre-trains the tiny Swin-T and the fine-tuning task starts from its encoder."""
-  pretrain_finetune.run(tmp_path, 'swinmm', 'swin3d')
+  r = pretrain_finetune.run(tmp_path, 'swinmm', 'swin3d')
+  assert '[swinmm] done' in r['pre_log'] and f'encoder from {r["pre"]}' in r['ft_log']
+  assert r['predictions'].exists() and 0.0 <= r['probe']['auc'] <= 1.0

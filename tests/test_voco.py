@@ -158,5 +158,8 @@ def test_voco_steps_one_and_four_devices_agree():
 def test_voco_then_finetune_tiny(tmp_path):
   """`voco` pre-trains the tiny ResNet and the fine-tuning task starts from its encoder."""
   from osteojax.train import pretrained
-  _, enc, _ = pretrained.load_encoder(pretrain_finetune.run(tmp_path, 'voco'))
+  r = pretrain_finetune.run(tmp_path, 'voco')
+  assert '[voco] done' in r['pre_log'] and f'encoder from {r["pre"]}' in r['ft_log']
+  assert r['predictions'].exists() and 0.0 <= r['probe']['auc'] <= 1.0
+  _, enc, _ = pretrained.load_encoder(r['pre'])
   assert 'stem' in enc['params'] and 'stem_bn' in enc['batch_stats']
