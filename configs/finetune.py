@@ -39,7 +39,8 @@ def get_config(arg=None):
   c.eval_every_epochs = 1     # validation each epoch; the best epoch is kept
   c.select = 'auc+bmd_r2'     # the kept epoch maximises validation AUC + BMD R^2 (both tasks
                               # the model is trained for); 'auc': the AUC alone
-  c.score = 'bmd'             # what ranks the diagnosis: 'bmd' (the BMD head's reading, negated)
+  c.score = 'bmd'             # what ranks the diagnosis: 'bmd' (the BMD head's reading, negated),
+                              # 't' (its T-score at the device's reference for the level, negated)
                               # or 'prob' (the class head's P); chosen on validation
   c.log_every = 10
   c.ckpt_every = 31           # about one epoch of the default data
@@ -48,7 +49,8 @@ def get_config(arg=None):
   c.init = ml_collections.ConfigDict(dict(
       checkpoint=''))          # a pre-training workdir (tp_swav / swav); '' = from scratch
   c.head = ml_collections.ConfigDict(dict(
-      moe=True, num_experts=3, hidden_dim=128))
+      moe=True, num_experts=3, hidden_dim=128,
+      device_embed_std=0.0))   # init SD of the gate's device embedding D_I (0: flax's 1/sqrt(F))
   c.loss = ml_collections.ConfigDict(dict(
       cls=1.0, bmd=1.0, level=0.5,    # paper eq. 4: alpha, beta, gamma; 0 turns a term off
       bmd_standardise='global',       # 'global': BMD in g/cm2, one mean/SD over all devices;

@@ -140,6 +140,36 @@ def test_bmd_readout_by_hand():
     finetune.check_score('logit')
 
 
+def test_t_score_readout_uses_the_device_and_level_reference():
+  """score 't': the predicted reading's T-score against the mean of the women's and men's
+  young-adult references of its device at its level (cohort.device_reference), negated."""
+  from osteojax.data import cohort
+  from osteojax.diagnosis import finetune
+  dev = np.array(['hologic', 'hologic', 'ge_lunar', 'medix'])
+  lev = np.array(['L1', 'L3', 'L1', 'L4'])
+  pred = np.array([0.80, 0.80, 0.90, 0.85])
+  want = []
+  for d, l, b in zip(dev, lev, pred):
+    (mf, sf), (mm, sm) = cohort.device_reference(d, 'F', l), cohort.device_reference(d, 'M', l)
+    want.append((b - (mf + mm) / 2) / ((sf + sm) / 2))
+  np.testing.assert_allclose(finetune.predicted_t(pred, dev, lev), want, rtol=1e-12)
+  # the same reading is a lower T at L3 than at L1 (L3's reference is higher): it ranks higher
+  s = finetune.diagnosis_score(None, pred, 't', dev, lev)
+  assert s[1] > s[0]
+  np.testing.assert_allclose(s, -np.asarray(want), rtol=1e-12)
+  y = [0, 1, 0, 1]
+  m = finetune.selection_metrics(y, [0.5] * 4, pred, pred, score='t', devices=dev, levels=lev)
+  pos, neg = [i for i in range(4) if y[i]], [i for i in range(4) if not y[i]]
+  hand = np.mean([float(s[p] > s[n]) for p in pos for n in neg])
+  assert m['auc'] == m['auc_t'] == pytest.approx(hand)     # AUC of -T by hand, over the pairs
+  with pytest.raises(ValueError, match='devices and levels'):
+    finetune.selection_metrics(y, [0.5] * 4, pred, pred, score='t')
+  with pytest.raises(ValueError, match='no DXA reference'):
+    finetune.predicted_t([0.8], ['hologic'], ['T12'])
+  with pytest.raises(ValueError, match='needs the BMD head'):
+    finetune.check_score('t', with_bmd=False)
+
+
 def test_a_replicated_state_compiles_the_step_once():
   """lib.replicate lays the state out as the step's outputs are, so the second call reuses the
   first call's program; flax's replicas alone make the second call compile again."""

@@ -4,6 +4,8 @@
       [--epochs 8] [--arg '']
   python tools/recipe_choices.py --round schedule --seeds 0 1 2 --out results/recipe_schedule \
       --init runs/default/pretrain
+  python tools/recipe_choices.py --round intensity --seeds 0 1 2 --out results/recipe_intensity \
+      --init runs/default/pretrain
   python tools/recipe_choices.py --round encoders --seeds 0 --out results/recipe_encoders \
       [--variants swin3d_lr1e-4 swin3d_lr3e-4 ...]
 
@@ -15,7 +17,9 @@ from `--init`, make run's TP-SwAV pre-training) with its schedule changed, and e
 read out both ways (the class head's probability and the BMD head's reading, config.score),
 each with its own kept epoch. Round 'encoders': the 3-D Swin-T, ViT and nnFormer encoders
 from scratch (class loss, one head, the fine-tuning default otherwise) at lr 1e-4, 3e-4 and
-1e-3, for the learning rate of the transformer rows. Every run is `python -m osteojax.main --config
+1e-3, for the learning rate of the transformer rows. Round 'intensity': the default of the
+schedule round with each intensity augmentation, both readouts (the first round chose it with
+the class head ranking). Every run is `python -m osteojax.main --config
 configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted ones
 resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each epoch,
 all sites pooled): the kept epoch's AUC (the epoch of best AUC + BMD R^2, config.select), the
@@ -71,8 +75,26 @@ ENCODER_BASE = {'loss.cls': 1.0, 'loss.bmd': 0.0, 'loss.level': 0.0, 'head.moe':
 ENCODER_LRS = {f'{enc}_lr{lr}': (f'{enc} from scratch, lr {lr}',
                                  {'model.name': enc, 'optim.lr': float(lr)})
                for enc in ('swin3d', 'vit3d', 'nnformer3d') for lr in ('1e-4', '3e-4', '1e-3')}
+# Round 'intensity': the first round chose the intensity augmentation with the class head
+# ranking; the default now ranks by the BMD head, whose error the bone gain raised there (0.088
+# vs 0.081 g/cm2). Each mode under the default of the second round (its values written out, so
+# the table does not move with later defaults), both readouts.
+INTENSITY_BASE = {'loss.class_weight': 'balanced', 'optim.lr': 3e-4, 'epochs': 16,
+                  'score': 'bmd'}
+INTENSITIES = {
+    'scanner': ('offset and bone gain within the scanners\' (+-18 HU, +-7%; the default)',
+                {'augment.intensity': 'scanner'}),
+    'offset': ('HU offset within the scanners\' (+-18 HU), no gain',
+               {'augment.intensity': 'offset'}),
+    'none': ('flips only', {'augment.intensity': 'none'}),
+    # not an intensity: the gate's device embedding D_I at flax's init (SD 1/sqrt(F), ~0.09)
+    # is ~20x smaller than the image embedding P_I (RMS ~1.8 in a trained grid run), so the
+    # gate barely sees the device; SD 1 puts D_I at P_I's scale
+    'device_embed_std1': ('scanner intensity; the gate\'s device embedding initialised at SD 1',
+                          {'augment.intensity': 'scanner', 'head.device_embed_std': 1.0}),
+}
 ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES),
-          'encoders': (ENCODER_BASE, ENCODER_LRS)}
+          'encoders': (ENCODER_BASE, ENCODER_LRS), 'intensity': (INTENSITY_BASE, INTENSITIES)}
 READOUTS = ('prob', 'bmd')
 
 
@@ -112,6 +134,15 @@ def summarise(wd, readout=None) -> dict:
               best_epoch=e.index(best) + 1, epochs=len(e), bmd_mae=best.get('bmd_mae'))
 
 
+def device_bias(wd) -> dict:
+  """Mean BMD error (predicted - true, g/cm2) per DXA maker on the validation vertebrae of the
+  run's kept checkpoint (its predictions.csv)."""
+  import pandas as pd
+  p = pd.read_csv(os.path.join(wd, finetune.PREDICTIONS))
+  p = p[p.split == 'valid']
+  return {d: float((g.bmd_pred - g.bmd).mean()) for d, g in p.groupby('device')}
+
+
 def _ms(v):
   v = np.asarray(v, float)
   return f'{v.mean():.3f}' + (f' ± {v.std(ddof=1):.3f}' if len(v) > 1 else '')
@@ -136,22 +167,29 @@ def main():
     ap.error(f'variant(s) {unknown} are not in round {a.round!r}: {", ".join(variants)}')
   if a.round == 'encoders' and a.init:
     ap.error("round 'encoders' trains every encoder from scratch; --init does not apply")
-  readouts = READOUTS if a.round == 'schedule' else (None,)
+  readouts = READOUTS if a.round in ('schedule', 'intensity') else (None,)
   res = {}
   for seed in a.seeds:                   # seed-major: an interrupted sweep covers every row
     for name in names:
       wd = run(a.out, name, seed, a.epochs, a.arg, a.round, a.init)
       for r in readouts:
         res.setdefault((name, r), []).append(dict(seed=seed, **summarise(wd, r)))
+  bias = a.round == 'intensity'        # + the BMD error per maker (the round's question)
+  makers = ('hologic', 'ge_lunar', 'medix')
   lines = ['| variant | what changes | readout | seeds | validation AUC, kept epoch | '
-           'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |',
-           '|---|---|---|---|---|---|---|---|']
+           'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |'
+           + (' validation BMD bias, Hologic / Lunar / MEDIX (g/cm²) |' if bias else ''),
+           '|---|---|---|---|---|---|---|---|' + ('---|' if bias else '')]
   for (name, readout), rs in res.items():
     mae = [r['bmd_mae'] for r in rs if r['bmd_mae'] is not None]
-    lines.append(f'| {name} | {variants[name][0]} | {readout or "prob"} | {len(rs)} | '
-                 f'{_ms([r["best_auc"] for r in rs])} | {_ms([r["late_auc"] for r in rs])} | '
-                 f'{", ".join(str(r["best_epoch"]) for r in rs)} of {rs[0]["epochs"]} | '
-                 f'{_ms(mae) if mae else "-"} |')
+    line = (f'| {name} | {variants[name][0]} | {readout or "prob"} | {len(rs)} | '
+            f'{_ms([r["best_auc"] for r in rs])} | {_ms([r["late_auc"] for r in rs])} | '
+            f'{", ".join(str(r["best_epoch"]) for r in rs)} of {rs[0]["epochs"]} | '
+            f'{_ms(mae) if mae else "-"} |')
+    if bias:
+      b = [device_bias(os.path.join(a.out, f'{name}_s{r["seed"]}')) for r in rs]
+      line += ' ' + ' / '.join(f'{np.mean([x[m] for x in b]):+.3f}' for m in makers) + ' |'
+    lines.append(line)
   text = '\n'.join(lines) + '\n'
   os.makedirs(a.out, exist_ok=True)
   with open(os.path.join(a.out, 'recipe.md'), 'w', encoding='utf-8') as f:

@@ -74,6 +74,13 @@ PRETRAIN_CONFIGS = {'tp_swav': 'tp_swav.py', 'swav': 'swav.py', 'mae': 'mae.py',
                     'voco': 'voco.py', 'swinmm': 'swinmm.py',
                     'alice': 'alice.py'}     # pre-training method -> its file in configs/
 BASE = 'tpswav_unified_moe'
+# Fine-tuning learning rate of the transformer encoders, chosen on validation by
+# `tools/recipe_choices.py --round encoders` (docs/diagnosis.md, "Other encoders"); the ResNet
+# rows keep configs/finetune.py's. TP-SwAV on a transformer pre-trains at the paper's 1e-4
+# (configs/swinmm.py and alice.py use it too; 1e-3 made the Swin-T TP-SwAV loss rise).
+FINETUNE_LR = {}
+PRETRAIN_LR = {('tp_swav', 'swin3d'): 1e-4, ('tp_swav', 'vit3d'): 1e-4,
+               ('tp_swav', 'nnformer3d'): 1e-4}
 
 
 def _main_cmd(config_file, arg, workdir, overrides):
@@ -90,6 +97,28 @@ def _run(cmd, done_file):
   t0 = time.time()
   subprocess.run(cmd, check=True, cwd=ROOT)
   print(f'[grid] {time.time() - t0:.0f} s', flush=True)
+
+
+def validation_table(runs: str, rows, seeds) -> str:
+  """Markdown: each row's validation vertebra AUC (all sites pooled) at the kept epoch, mean ±
+  SD over its finished seeds, from each run's validation.json (the split the recipe and the
+  kept epoch were chosen on; the test tables read the same checkpoints)."""
+  import json
+  import numpy as np
+  lines = ['| model | seeds | validation AUC, kept epoch |', '|---|---|---|']
+  for row in rows:
+    auc = []
+    for seed in seeds:
+      f = os.path.join(runs, f'{row}_s{seed}', 'validation.json')
+      if os.path.exists(os.path.join(runs, f'{row}_s{seed}', finetune.PREDICTIONS)):
+        with open(f, encoding='utf-8') as fh:
+          h = json.load(fh)
+        auc.append(finetune.validation_auc(
+            [e for e in h['entries'] if e['step'] == h['best_step']][0]))
+    if auc:
+      sd = f' ± {np.std(auc, ddof=1):.3f}' if len(auc) > 1 else ''
+      lines.append(f'| {row} | {len(auc)} | {np.mean(auc):.3f}{sd} |')
+  return '\n'.join(lines)
 
 
 def plot_validation_curves(runs: str, rows, seeds, path: str):
@@ -140,6 +169,10 @@ def main():
   ap.add_argument('--report-only', action='store_true',
                   help='tables from the finished runs only; start nothing')
   a = ap.parse_args()
+  unchosen = sorted({ROWS[r][3] for r in a.rows} - {'resnet3d'} - set(FINETUNE_LR))
+  if unchosen and not a.report_only:
+    ap.error(f'no fine-tuning learning rate chosen for {unchosen}: run tools/recipe_choices.py '
+             '--round encoders and set FINETUNE_LR')
   runs = os.path.join(os.path.abspath(a.out), 'runs')
   t0 = time.time()
   pre_dirs = {}
@@ -148,6 +181,8 @@ def main():
       tag = '' if encoder == 'resnet3d' else f'_{encoder}'
       wd = os.path.join(runs, f'{method}{tag}_s{seed}')
       over = {'seed': seed, 'model.name': encoder}
+      if (method, encoder) in PRETRAIN_LR:
+        over['optim.lr'] = PRETRAIN_LR[method, encoder]
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
       if not a.report_only:
@@ -163,6 +198,8 @@ def main():
       pre_seed = seed if a.pretrain_seeds == 'each' else 0
       over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
               'head.moe': use_moe, 'model.name': encoder}
+      if encoder in FINETUNE_LR:
+        over['optim.lr'] = FINETUNE_LR[encoder]
       if not w_bmd:      # no BMD head: the class head ranks, whatever the default readout
         over['score'] = 'prob'
       if method:
@@ -189,6 +226,8 @@ def main():
       f'{level} {metric.upper()} (test split, mean ± SD over seeds):\n\n'
       + diagnosis.compact_table(summary, metric, level)
       for level in diagnosis.LEVELS for metric in ('auc', 'f1', 'f1_f1thr'))
+  compact += ('\n\nvertebra AUC (validation split, all sites pooled, the kept epoch; mean ± SD '
+              'over seeds):\n\n' + validation_table(runs, a.rows, a.seeds))
   dio.atomic_write_text(os.path.join(a.out, 'results_compact.md'), compact + '\n')
   print(compact, flush=True)
   plot_validation_curves(runs, a.rows, a.seeds, os.path.join(a.out, 'validation_curves.png'))

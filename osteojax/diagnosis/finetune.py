@@ -135,7 +135,8 @@ def label_arrays(rows: pd.DataFrame, stats: dict, class_weight: str = 'none') ->
 def build_model(config) -> moe.DiagnosisModel:
   h = config.head
   return moe.DiagnosisModel(models.encoder_from_config(config.model),
-                            moe.DiagnosisHead(h.num_experts, h.hidden_dim, len(DEVICES), h.moe))
+                            moe.DiagnosisHead(h.num_experts, h.hidden_dim, len(DEVICES), h.moe,
+                                              h.get('device_embed_std', 0.0)))
 
 
 def init_variables(config, model, input_shape):
@@ -224,8 +225,9 @@ def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
   """The predictions table of every ROI in pools (osteojax/evaluate/diagnosis.py's columns).
 
   with_bmd=False (a model trained without the BMD loss): bmd_pred is NaN, not an untrained output.
-  score='bmd': the table's `score` column, which ranks and thresholds the diagnosis, is the
-  negated predicted BMD (see diagnosis_score); 'prob': no score column, prob ranks.
+  score='bmd' / 't': the table's `score` column, which ranks and thresholds the diagnosis, is
+  the negated predicted BMD or its T-score (see diagnosis_score); 'prob': no score column, prob
+  ranks.
   """
   check_score(score, with_bmd)
   rows = pools.rows
@@ -242,8 +244,9 @@ def predict_pools(model, variables, pools: pool_data.PoolSet, stats: dict,
   df['level_pred'] = [P.LEVELS[i] for i in o['level']]
   for j in range(o['gate'].shape[1]):
     df[f'gate_{j}'] = o['gate'][:, j]
-  if score == 'bmd':
-    df['score'] = diagnosis_score(df.prob.to_numpy(), df.bmd_pred.to_numpy(), score)
+  if score != 'prob':
+    df['score'] = diagnosis_score(df.prob.to_numpy(), df.bmd_pred.to_numpy(), score,
+                                  df.device.to_numpy(), df.level.to_numpy())
   return df
 
 
@@ -287,23 +290,44 @@ def _optim(config, steps_per_epoch):
 
 # ------------------------------------------------------------------------------------ task
 SELECT_RULES = ('auc', 'auc+bmd_r2')
-# What ranks the vertebrae for the diagnosis (AUC, thresholds): the class head's P(osteoporosis)
-# or the BMD head's reading, negated (the label is a cut-off on that reading: T <= -2.5 on the
-# site's device). Chosen on the validation split (docs/diagnosis.md, "Recipe choices").
-SCORES = ('prob', 'bmd')
+# What ranks the vertebrae for the diagnosis (AUC, thresholds): the class head's P(osteoporosis),
+# the BMD head's reading negated ('bmd'), or the T-score of that reading ('t': the label is
+# T <= -2.5 against the device's young-adult reference at the vertebra's level). Chosen on the
+# validation split (docs/diagnosis.md, "Recipe choices").
+SCORES = ('prob', 'bmd', 't')
 
 
 def check_score(score: str, with_bmd: bool = True) -> None:
   if score not in SCORES:
     raise ConfigError(f'config.score {score!r} is not one of {SCORES}')
-  if score == 'bmd' and not with_bmd:
-    raise ConfigError("config.score 'bmd' needs the BMD head: config.loss.bmd > 0")
+  if score in ('bmd', 't') and not with_bmd:
+    raise ConfigError(f"config.score {score!r} needs the BMD head: config.loss.bmd > 0")
 
 
-def diagnosis_score(prob, bmd_pred, score: str) -> np.ndarray:
-  """The diagnosis ranking score (higher = more likely osteoporosis): prob, or -bmd_pred (g/cm2
-  of the site's device, so a lower reading ranks higher)."""
-  return np.asarray(prob, float) if score == 'prob' else -np.asarray(bmd_pred, float)
+def predicted_t(bmd_pred, devices, levels) -> np.ndarray:
+  """The T-score of each predicted reading against its device's young-adult reference at its
+  level (osteojax/data/cohort.py), the mean of the women's and men's references: the model is
+  not told the sex, and the two differ by ~0.1 reference SD."""
+  from osteojax.data import cohort
+  ref = {}
+  for d, l in set(zip(devices, levels)):
+    if l not in P.LABELED_LEVELS:
+      raise ConfigError(f"score 't': level {l!r} has no DXA reference (only "
+                        f"{', '.join(P.LABELED_LEVELS)})")
+    m = [cohort.device_reference(d, sex, l) for sex in 'FM']
+    ref[d, l] = (np.mean([x[0] for x in m]), np.mean([x[1] for x in m]))
+  mean, sd = np.array([ref[d, l] for d, l in zip(devices, levels)], float).T
+  return (np.asarray(bmd_pred, float) - mean) / sd
+
+
+def diagnosis_score(prob, bmd_pred, score: str, devices=None, levels=None) -> np.ndarray:
+  """The diagnosis ranking score (higher = more likely osteoporosis): prob, -bmd_pred (g/cm2
+  of the site's device, so a lower reading ranks higher) or -predicted_t (devices, levels)."""
+  if score == 'prob':
+    return np.asarray(prob, float)
+  if score == 'bmd':
+    return -np.asarray(bmd_pred, float)
+  return -predicted_t(bmd_pred, devices, levels)
 
 
 def check_select(select: str) -> None:
@@ -325,11 +349,11 @@ def check_config(config) -> None:
 
 
 def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2',
-                      score: str = 'prob') -> dict:
+                      score: str = 'prob', devices=None, levels=None) -> dict:
   """Validation metrics of one evaluation and its checkpoint score (higher is better).
 
-  auc is the vertebra AUC of the diagnosis score `score` (diagnosis_score); auc_prob and
-  auc_bmd are both readouts' AUCs where they exist. The checkpoint score is that AUC ('auc') or,
+  auc is the vertebra AUC of the diagnosis score `score` (diagnosis_score); auc_prob, auc_bmd
+  and auc_t (given devices and levels) are the readouts' AUCs where they exist. The checkpoint score is that AUC ('auc') or,
   when BMD is predicted, the AUC plus the BMD R^2 ('auc+bmd_r2'): both are 1 when perfect, so
   neither task's best epoch is kept at the other's expense (the AUC alone once kept an epoch
   whose BMD R^2 was below 0).
@@ -339,6 +363,11 @@ def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r
   out = dict(auc_prob=metrics.auc(y, prob), loss_class=metrics.log_loss(y, prob))
   if bmd_pred is not None:
     out['auc_bmd'] = metrics.auc(y, diagnosis_score(prob, bmd_pred, 'bmd'))
+    if devices is not None:
+      out['auc_t'] = metrics.auc(y, diagnosis_score(prob, bmd_pred, 't', devices, levels))
+  if f'auc_{score}' not in out:
+    raise ConfigError(f"score {score!r}: selection_metrics needs the vertebrae's devices and "
+                      'levels')
   out['auc'] = out[f'auc_{score}']
   out['score'] = out['auc']
   if bmd_pred is not None:
@@ -363,7 +392,7 @@ def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
       return selection_metrics(y, o['prob'], select=select)
     return selection_metrics(y, o['prob'], pools.rows.bmd.to_numpy(float),
                              unstandardise_bmd(o['bmd_z'], pools.rows.device, stats), select,
-                             score)
+                             score, pools.rows.device.to_numpy(), pools.rows.level.to_numpy())
 
   return fn
 

@@ -45,6 +45,7 @@ class DiagnosisHead(nn.Module):
   hidden_dim: int = 128
   num_devices: int = 3
   moe: bool = True
+  device_embed_std: float = 0.0   # init SD of D_I; 0: flax's default, 1/sqrt(F) (~0.09 at F=128)
 
   @nn.compact
   def __call__(self, p, device):
@@ -54,7 +55,10 @@ class DiagnosisHead(nn.Module):
     experts = nn.vmap(Expert, variable_axes={'params': 0}, split_rngs={'params': True},
                       in_axes=None, out_axes=1, axis_size=self.num_experts)
     e = experts(self.hidden_dim, name='experts')(p)                     # [B, N, OUT_DIM]
-    d = nn.Embed(self.num_devices, p.shape[-1], name='device_embedding')(device)
+    init = (nn.initializers.normal(self.device_embed_std) if self.device_embed_std
+            else nn.linear.default_embed_init)
+    d = nn.Embed(self.num_devices, p.shape[-1], embedding_init=init,
+                 name='device_embedding')(device)
     alpha = nn.softmax(nn.Dense(self.num_experts, name='gate')(p + d))   # [B, N]
     out = jnp.einsum('bn,bno->bo', alpha, e)
     return {**split_outputs(out), 'gate': alpha}
