@@ -57,7 +57,6 @@ def test_gate_sums_to_one_and_device_changes_output(moe_head):
   assert out['osteo_logits'].shape == (6, 2) and out['level_logits'].shape == (6, 18)
 
 
-
 def test_device_embedding_init_scale():
   """head.device_embed_std: 0 keeps flax's Embed init (SD 1/sqrt(F)); s > 0 draws D_I at SD s."""
   p, dev = jnp.zeros((3, 256)), jnp.array([0, 1, 2])
@@ -67,6 +66,7 @@ def test_device_embedding_init_scale():
   assert default.shape == (3, 256)
   assert 0.8 / 16 < default.std() < 1.2 / 16                  # 1/sqrt(256)
   assert 0.8 < np.asarray(init(1.0)).std() < 1.2
+
 
 def test_single_head_ignores_device():
   head = moe.DiagnosisHead(hidden_dim=4, moe=False)

@@ -6,6 +6,8 @@
       --init runs/default/pretrain
   python tools/recipe_choices.py --round intensity --seeds 0 1 2 --out results/recipe_intensity \
       --init runs/default/pretrain
+  python tools/recipe_choices.py --round readout --seeds 0 1 2 --out results/recipe_readout \
+      --init runs/default/pretrain
   python tools/recipe_choices.py --round encoders --seeds 0 --out results/recipe_encoders \
       [--variants swin3d_lr1e-4 swin3d_lr3e-4 ...]
 
@@ -19,7 +21,9 @@ each with its own kept epoch. Round 'encoders': the 3-D Swin-T, ViT and nnFormer
 from scratch (class loss, one head, the fine-tuning default otherwise) at lr 1e-4, 3e-4 and
 1e-3, for the learning rate of the transformer rows. Round 'intensity': the default of the
 schedule round with each intensity augmentation, both readouts (the first round chose it with
-the class head ranking). Every run is `python -m osteojax.main --config
+the class head ranking), and the scale of the MoE gate's device embedding. Round 'readout':
+the default and the calibrated gate, each read out by the class head, the BMD reading and its
+T-score (config.score='t'). Every run is `python -m osteojax.main --config
 configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted ones
 resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each epoch,
 all sites pooled): the kept epoch's AUC (the epoch of best AUC + BMD R^2, config.select), the
@@ -93,8 +97,16 @@ INTENSITIES = {
     'device_embed_std1': ('scanner intensity; the gate\'s device embedding initialised at SD 1',
                           {'augment.intensity': 'scanner', 'head.device_embed_std': 1.0}),
 }
+# Round 'readout': the label is T <= -2.5 against each maker's reference at each level, so
+# ranking raw predicted readings pools scales that differ by maker (Lunar reads ~0.13 g/cm2
+# above Hologic) and level (L1's reference is ~0.14 below L3's); the T-score readout
+# (config.score='t') undoes both, which needs a head that reads each maker right. The
+# default and the calibrated-gate variant of round 'intensity', each read out three ways.
+READOUT_VARIANTS = {'default': INTENSITIES['scanner'],
+                    'device_embed_std1': INTENSITIES['device_embed_std1']}
 ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES),
-          'encoders': (ENCODER_BASE, ENCODER_LRS), 'intensity': (INTENSITY_BASE, INTENSITIES)}
+          'encoders': (ENCODER_BASE, ENCODER_LRS), 'intensity': (INTENSITY_BASE, INTENSITIES),
+          'readout': (INTENSITY_BASE, READOUT_VARIANTS)}
 READOUTS = ('prob', 'bmd')
 
 
@@ -117,7 +129,7 @@ def run(out, name, seed, epochs, arg, round_name='first', init=''):
 
 
 def summarise(wd, readout=None) -> dict:
-  """The run's validation summary; readout ('prob' / 'bmd') reads that score's AUC and keeps
+  """The run's validation summary; readout ('prob' / 'bmd' / 't') reads that score's AUC and keeps
   the epoch of best AUC + BMD R^2 by it (config.select's rule), whatever the run selected."""
   with open(os.path.join(wd, 'validation.json'), encoding='utf-8') as f:
     h = json.load(f)
@@ -167,14 +179,15 @@ def main():
     ap.error(f'variant(s) {unknown} are not in round {a.round!r}: {", ".join(variants)}')
   if a.round == 'encoders' and a.init:
     ap.error("round 'encoders' trains every encoder from scratch; --init does not apply")
-  readouts = READOUTS if a.round in ('schedule', 'intensity') else (None,)
+  readouts = {'schedule': READOUTS, 'intensity': READOUTS,
+              'readout': READOUTS + ('t',)}.get(a.round, (None,))
   res = {}
   for seed in a.seeds:                   # seed-major: an interrupted sweep covers every row
     for name in names:
       wd = run(a.out, name, seed, a.epochs, a.arg, a.round, a.init)
       for r in readouts:
         res.setdefault((name, r), []).append(dict(seed=seed, **summarise(wd, r)))
-  bias = a.round == 'intensity'        # + the BMD error per maker (the round's question)
+  bias = a.round in ('intensity', 'readout')     # + the BMD error per maker
   makers = ('hologic', 'ge_lunar', 'medix')
   lines = ['| variant | what changes | readout | seeds | validation AUC, kept epoch | '
            'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |'

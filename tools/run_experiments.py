@@ -20,11 +20,14 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   swinmm_swin_class    Table 2's SwinT / SwinMM row (= Table 5's SwinMM row): 3-D Swin-T
                        pre-trained by SwinMM, class loss
 (--rows chooses; the default is the six ResNet rows above mae_vit_class)
-plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr, the oracle and the
-CT-only oracle (tools/run_baselines.py). Pre-training: one run per method (PRETRAIN_CONFIGS:
-configs/tp_swav.py, swav, mae, voco, swinmm, alice) and encoder per seed, used by the fine-tuning runs of that seed
-(--pretrain-seeds each, the default: the spread is that of pre-training and fine-tuning
-together), or one seed-0 run shared by all (shared).
+plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr and _ridge, the
+oracle, the CT-only and density-reader oracles (tools/run_baselines.py). Pre-training: one run
+per method (PRETRAIN_CONFIGS: configs/tp_swav.py, swav, mae, voco, swinmm, alice) and encoder
+per seed, used by the fine-tuning runs of that seed (--pretrain-seeds each, the default: the
+spread is that of pre-training and fine-tuning together), or one seed-0 run shared by all
+(shared); TP-SwAV on a transformer pre-trains at PRETRAIN_LR (its workdir named with it). The
+transformer rows run once their fine-tuning learning rate (FINETUNE_LR) is chosen by
+recipe_choices.py --round encoders.
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
 skipped, interrupted ones resume from their checkpoints. Writes <out>/results.md, results.json,
 results_compact.md, roc_vertebra.png, roc_patient.png (thresholds from validation only),
@@ -179,10 +182,11 @@ def main():
   for method, encoder in sorted({(ROWS[r][0], ROWS[r][3]) for r in a.rows if ROWS[r][0]}):
     for seed in (a.seeds if a.pretrain_seeds == 'each' else [0]):
       tag = '' if encoder == 'resnet3d' else f'_{encoder}'
-      wd = os.path.join(runs, f'{method}{tag}_s{seed}')
       over = {'seed': seed, 'model.name': encoder}
-      if (method, encoder) in PRETRAIN_LR:
+      if (method, encoder) in PRETRAIN_LR:    # in the name: a run at another rate is not reused
         over['optim.lr'] = PRETRAIN_LR[method, encoder]
+        tag += f'_lr{over["optim.lr"]:g}'
+      wd = os.path.join(runs, f'{method}{tag}_s{seed}')
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
       if not a.report_only:

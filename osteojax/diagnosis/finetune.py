@@ -353,17 +353,17 @@ def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r
   """Validation metrics of one evaluation and its checkpoint score (higher is better).
 
   auc is the vertebra AUC of the diagnosis score `score` (diagnosis_score); auc_prob, auc_bmd
-  and auc_t (given devices and levels) are the readouts' AUCs where they exist. The checkpoint score is that AUC ('auc') or,
-  when BMD is predicted, the AUC plus the BMD R^2 ('auc+bmd_r2'): both are 1 when perfect, so
-  neither task's best epoch is kept at the other's expense (the AUC alone once kept an epoch
-  whose BMD R^2 was below 0).
+  and auc_t (given devices and levels) are the readouts' AUCs where they exist. The
+  checkpoint score is that AUC ('auc') or, when BMD is predicted, the AUC plus the BMD R^2
+  ('auc+bmd_r2'): both are 1 when perfect, so neither task's best epoch is kept at the other's
+  expense (the AUC alone once kept an epoch whose BMD R^2 was below 0).
   """
   check_select(select)
   check_score(score, bmd_pred is not None)
   out = dict(auc_prob=metrics.auc(y, prob), loss_class=metrics.log_loss(y, prob))
   if bmd_pred is not None:
     out['auc_bmd'] = metrics.auc(y, diagnosis_score(prob, bmd_pred, 'bmd'))
-    if devices is not None:
+    if devices is not None and (score == 't' or set(levels) <= set(P.LABELED_LEVELS)):
       out['auc_t'] = metrics.auc(y, diagnosis_score(prob, bmd_pred, 't', devices, levels))
   if f'auc_{score}' not in out:
     raise ConfigError(f"score {score!r}: selection_metrics needs the vertebrae's devices and "
