@@ -32,6 +32,7 @@ validation BMD MAE there. The test split is never read. Writes <out>/recipe.md a
 <out>/recipe.json.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -131,11 +132,9 @@ def run(out, name, seed, epochs, arg, round_name='first', init=''):
 def summarise(wd, readout=None) -> dict:
   """The run's validation summary; readout ('prob' / 'bmd' / 't') reads that score's AUC and keeps
   the epoch of best AUC + BMD R^2 by it (config.select's rule), whatever the run selected."""
-  with open(os.path.join(wd, 'validation.json'), encoding='utf-8') as f:
-    h = json.load(f)
-  e = h['entries']
+  e, kept = finetune.read_validation(wd)
   if readout is None:
-    best = [x for x in e if x['step'] == h['best_step']][0]
+    best = e[kept]
     auc = [finetune.validation_auc(x) for x in e]
     best_auc = finetune.validation_auc(best)
   else:
@@ -146,6 +145,7 @@ def summarise(wd, readout=None) -> dict:
               best_epoch=e.index(best) + 1, epochs=len(e), bmd_mae=best.get('bmd_mae'))
 
 
+@functools.lru_cache(maxsize=None)     # one read a run, whatever the number of readouts
 def device_bias(wd) -> dict:
   """Mean BMD error (predicted - true, g/cm2) per DXA maker on the validation vertebrae of the
   run's kept checkpoint (its predictions.csv)."""

@@ -106,18 +106,15 @@ def validation_table(runs: str, rows, seeds) -> str:
   """Markdown: each row's validation vertebra AUC (all sites pooled) at the kept epoch, mean ±
   SD over its finished seeds, from each run's validation.json (the split the recipe and the
   kept epoch were chosen on; the test tables read the same checkpoints)."""
-  import json
   import numpy as np
   lines = ['| model | seeds | validation AUC, kept epoch |', '|---|---|---|']
   for row in rows:
     auc = []
     for seed in seeds:
-      f = os.path.join(runs, f'{row}_s{seed}', 'validation.json')
-      if os.path.exists(os.path.join(runs, f'{row}_s{seed}', finetune.PREDICTIONS)):
-        with open(f, encoding='utf-8') as fh:
-          h = json.load(fh)
-        auc.append(finetune.validation_auc(
-            [e for e in h['entries'] if e['step'] == h['best_step']][0]))
+      wd = os.path.join(runs, f'{row}_s{seed}')
+      if os.path.exists(os.path.join(wd, finetune.PREDICTIONS)):
+        entries, kept = finetune.read_validation(wd)
+        auc.append(finetune.validation_auc(entries[kept]))
     if auc:
       sd = f' ± {np.std(auc, ddof=1):.3f}' if len(auc) > 1 else ''
       lines.append(f'| {row} | {len(auc)} | {np.mean(auc):.3f}{sd} |')
@@ -136,17 +133,14 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
   for ax, row in zip(axes[0], rows):
     for seed in seeds:
       wd = os.path.join(runs, f'{row}_s{seed}')
-      f = os.path.join(wd, 'validation.json')
-      if not os.path.exists(f):
+      if not os.path.exists(os.path.join(wd, 'validation.json')):
         continue
-      with open(f, encoding='utf-8') as fh:
-        h = json.load(fh)
+      entries, k = finetune.read_validation(wd)
       with open(os.path.join(wd, 'config.json'), encoding='utf-8') as fh:
         every = json.load(fh).get('eval_every_epochs', 1)
-      ep = [every * (i + 1) for i in range(len(h['entries']))]
-      auc = [finetune.validation_auc(e) for e in h['entries']]
+      ep = [every * (i + 1) for i in range(len(entries))]
+      auc = [finetune.validation_auc(e) for e in entries]
       line, = ax.plot(ep, auc, lw=1, label=f'seed {seed}')
-      k = [e['step'] for e in h['entries']].index(h['best_step'])
       ax.plot(ep[k], auc[k], 'o', ms=4, c=line.get_color())
     ax.set(title=row, xlabel='epoch')
     ax.title.set_fontsize(8)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from osteojax import models
-from osteojax.data import augment, io
+from osteojax.data import augment, cohort, io
 from osteojax.diagnosis import pool_data
 from osteojax.data import params as P
 from osteojax.errors import ConfigError
@@ -308,7 +308,6 @@ def predicted_t(bmd_pred, devices, levels) -> np.ndarray:
   """The T-score of each predicted reading against its device's young-adult reference at its
   level (osteojax/data/cohort.py), the mean of the women's and men's references: the model is
   not told the sex, and the two differ by ~0.1 reference SD."""
-  from osteojax.data import cohort
   ref = {}
   for d, l in set(zip(devices, levels)):
     if l not in P.LABELED_LEVELS:
@@ -403,24 +402,29 @@ def validation_auc(entry: dict) -> float:
   return entry.get('auc', entry['score'])
 
 
+def read_validation(workdir: str) -> tuple[list, int]:
+  """(entries, index of the kept one) of <workdir>/validation.json, one entry per evaluation."""
+  with open(os.path.join(workdir, lib.ValidationHistory.FILE), encoding='utf-8') as f:
+    h = json.load(f)
+  return h['entries'], [e['step'] for e in h['entries']].index(h['best_step'])
+
+
 def plot_validation(workdir: str, steps_per_epoch: int) -> str:
   """<workdir>/validation_curve.png: validation AUC (and class loss) against epochs."""
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
-  with open(os.path.join(workdir, lib.ValidationHistory.FILE), encoding='utf-8') as f:
-    h = json.load(f)
-  ep = np.array([e['step'] for e in h['entries']]) / steps_per_epoch
+  entries, kept = read_validation(workdir)
+  ep = np.array([e['step'] for e in entries]) / steps_per_epoch
   fig, ax = plt.subplots(figsize=(5, 3.2))
-  ax.plot(ep, [validation_auc(e) for e in h['entries']], 'o-', label='validation AUC')
-  if all('bmd_r2' in e for e in h['entries']):
-    ax.plot(ep, [e['bmd_r2'] for e in h['entries']], '^-', c='tab:green', ms=4,
+  ax.plot(ep, [validation_auc(e) for e in entries], 'o-', label='validation AUC')
+  if all('bmd_r2' in e for e in entries):
+    ax.plot(ep, [e['bmd_r2'] for e in entries], '^-', c='tab:green', ms=4,
             label='validation BMD R$^2$')
-  best = [e for e in h['entries'] if e['step'] == h['best_step']][0]
-  ax.axvline(best['step'] / steps_per_epoch, ls=':', c='grey', label='kept')
+  ax.axvline(entries[kept]['step'] / steps_per_epoch, ls=':', c='grey', label='kept')
   ax.set(xlabel='epoch', ylabel='vertebra AUC / BMD R$^2$ (validation)')
   ax2 = ax.twinx()
-  ax2.plot(ep, [e['loss_class'] for e in h['entries']], 's--', c='tab:red', ms=3,
+  ax2.plot(ep, [e['loss_class'] for e in entries], 's--', c='tab:red', ms=3,
            label='validation class loss')
   ax2.set_ylabel('class log-loss', color='tab:red')
   fig.legend(loc='lower center', fontsize=7, ncol=3)
