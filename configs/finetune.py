@@ -12,9 +12,10 @@ The model is evaluated on the validation split every epoch (vertebra AUC, all si
 the best epoch's checkpoint makes the predictions. The default is sized for a 2-core CPU and
 the default OsteoSim data (slim encoder, 32^3, 1,000 labeled training vertebrae, 16 epochs at
 lr 3e-4); its intensity augmentation ('scanner'), class weighting ('balanced'), schedule
-(16 epochs at 3e-4) and readout (the diagnosis ranked by the BMD head's reading, score='bmd')
-were chosen on the validation split, never on test (tools/recipe_choices.py, rounds 'first'
-and 'schedule'; docs/diagnosis.md, "Recipe choices"). `:paper` gives the paper's values (ResNet34-3D,
+(16 epochs at 3e-4), the gate's device embedding scale (SD 1) and readout (the diagnosis
+ranked by the T-score of the BMD head's reading at the device's reference, score='t') were
+chosen on the validation split, never on test (tools/recipe_choices.py, rounds 'first',
+'schedule', 'intensity' and 'readout'; docs/diagnosis.md, "Recipe choices"). `:paper` gives the paper's values (ResNet34-3D,
 batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of 400 epochs) on the full-size data.
 `:tiny` is for tests.
 """
@@ -39,7 +40,7 @@ def get_config(arg=None):
   c.eval_every_epochs = 1     # validation each epoch; the best epoch is kept
   c.select = 'auc+bmd_r2'     # the kept epoch maximises validation AUC + BMD R^2 (both tasks
                               # the model is trained for); 'auc': the AUC alone
-  c.score = 'bmd'             # what ranks the diagnosis: 'bmd' (the BMD head's reading, negated),
+  c.score = 't'               # what ranks the diagnosis: 'bmd' (the BMD head's reading, negated),
                               # 't' (its T-score at the device's reference for the level, negated)
                               # or 'prob' (the class head's P); chosen on validation
   c.log_every = 10
@@ -50,7 +51,8 @@ def get_config(arg=None):
       checkpoint=''))          # a pre-training workdir (tp_swav / swav); '' = from scratch
   c.head = ml_collections.ConfigDict(dict(
       moe=True, num_experts=3, hidden_dim=128,
-      device_embed_std=0.0))   # init SD of the gate's device embedding D_I (0: flax's 1/sqrt(F))
+      device_embed_std=1.0))   # init SD of the gate's device embedding D_I (0: flax's 1/sqrt(F),
+                               # ~20x below the image embedding it is added to)
   c.loss = ml_collections.ConfigDict(dict(
       cls=1.0, bmd=1.0, level=0.5,    # paper eq. 4: alpha, beta, gamma; 0 turns a term off
       bmd_standardise='global',       # 'global': BMD in g/cm2, one mean/SD over all devices;

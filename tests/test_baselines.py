@@ -208,7 +208,13 @@ def test_run_baselines_writes_tables(mini, tmp_path):
     assert set(back.split) == {'valid', 'test'}
   lr, ridge = preds['radiomics_lr'], preds['radiomics_ridge']   # one fit, two readouts
   np.testing.assert_array_equal(ridge.prob, lr.prob)
-  np.testing.assert_allclose(ridge.score, -lr.bmd_pred.to_numpy(float))
+  t = cohort.reading_t_score(lr.bmd_pred.to_numpy(float), lr.device.to_numpy(),
+                             lr.level.to_numpy())     # the fine-tuning default's readout
+  np.testing.assert_allclose(ridge.score, -t)
+  np.testing.assert_allclose(baselines.ridge_readout(lr, 'bmd').score,
+                             -lr.bmd_pred.to_numpy(float))
+  with pytest.raises(ValueError, match='ridge readout'):
+    baselines.ridge_readout(lr, 'prob')
   assert 'score' not in lr.columns
   md = open(os.path.join(out, 'results.md'), encoding='utf-8').read()
   assert '| hu160 | 1 |' in md and '| oracle | 1 |' in md and '| oracle_ct_only | 1 |' in md

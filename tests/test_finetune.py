@@ -174,7 +174,10 @@ def test_tiny_end_to_end_from_pretraining(tiny_run):
                                  score='bmd')
   np.testing.assert_allclose(again.prob, preds.prob, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(again.score, -again.bmd_pred)      # the BMD readout
-  assert ('score' in preds.columns) == (config.score == 'bmd')
+  assert ('score' in preds.columns) == (config.score != 'prob')
+  if config.score == 't':             # the default: the T-score of the reading at its device
+    want = -finetune.predicted_t(preds.bmd_pred, preds.device, preds.level)
+    np.testing.assert_allclose(preds.score, want, rtol=1e-12)
   bad = finetune_config.get_config('tiny')
   bad.data.dir, bad.init.checkpoint = c.data.dir, str(tmp / 'pretrain')
   bad.model.widths = (4, 16)

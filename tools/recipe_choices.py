@@ -12,8 +12,9 @@
       [--variants swin3d_lr1e-4 swin3d_lr3e-4 ...]
 
 Round 'first' (the first build's faults): each variant is the fine-tuning default
-(configs/finetune.py: scratch encoder, unified loss, device-gated MoE) with BASE (scanner
-intensity, no class weights) and one setting changed. Round 'schedule': each variant is the
+(configs/finetune.py: scratch encoder, unified loss, device-gated MoE) with BASE (that round's
+default written out: scanner intensity, no class weights, 8 epochs at 1e-3, the class head
+ranking) and one setting changed. Round 'schedule': each variant is the
 fine-tuning default of that round (balanced class weights, scanner intensity, the encoder
 from `--init`, make run's TP-SwAV pre-training) with its schedule changed, and every run is
 read out both ways (the class head's probability and the BMD head's reading, config.score),
@@ -44,9 +45,12 @@ from osteojax.diagnosis import finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# What the variants share (the fine-tuning default when the sweep ran), so the table does not
-# move when a choice it made becomes the default: scanner intensity, no class weights.
-BASE = {'augment.intensity': 'scanner', 'loss.class_weight': 'none'}
+# What the variants share (the fine-tuning default when the sweep ran, written out), so the
+# table does not move when a choice it made becomes the default: scanner intensity, no class
+# weights, 8 epochs at lr 1e-3, the best validation AUC kept, the class head ranking, flax's
+# device embedding init.
+BASE = {'augment.intensity': 'scanner', 'loss.class_weight': 'none', 'optim.lr': 1e-3,
+        'epochs': 8, 'select': 'auc', 'score': 'prob', 'head.device_embed_std': 0.0}
 VARIANTS = {  # name: (what it asks, overrides of BASE)
     'intensity_legacy': ('first build: x * U(0.9, 1.1) + U(-0.1, 0.1) (+-150 HU)',
                          {'augment.intensity': 'legacy'}),
@@ -65,7 +69,7 @@ VARIANTS = {  # name: (what it asks, overrides of BASE)
 # Round 'schedule': the default of that round (balanced class weights, scanner intensity, lr
 # 1e-3 for 8 epochs, the pre-trained encoder) and longer, slower schedules; both readouts.
 SCHEDULE_BASE = {'augment.intensity': 'scanner', 'loss.class_weight': 'balanced',
-                 'optim.lr': 1e-3, 'epochs': 8, 'score': 'prob'}
+                 'optim.lr': 1e-3, 'epochs': 8, 'score': 'prob', 'head.device_embed_std': 0.0}
 SCHEDULES = {
     'lr1e-3_e8': ('lr 1e-3, 8 epochs (the default before this round)', {}),
     'lr1e-3_e16': ('lr 1e-3, 16 epochs', {'epochs': 16, 'ckpt_every': 62}),
@@ -85,7 +89,7 @@ ENCODER_LRS = {f'{enc}_lr{lr}': (f'{enc} from scratch, lr {lr}',
 # vs 0.081 g/cm2). Each mode under the default of the second round (its values written out, so
 # the table does not move with later defaults), both readouts.
 INTENSITY_BASE = {'loss.class_weight': 'balanced', 'optim.lr': 3e-4, 'epochs': 16,
-                  'score': 'bmd'}
+                  'score': 'bmd', 'head.device_embed_std': 0.0}
 INTENSITIES = {
     'scanner': ('offset and bone gain within the scanners\' (+-18 HU, +-7%; the default)',
                 {'augment.intensity': 'scanner'}),

@@ -104,6 +104,22 @@ def device_reference(device, sex, level):
   return mean * r, sd * r
 
 
+def reading_t_score(bmd, devices, levels) -> np.ndarray:
+  """The T-score of each reading (g/cm2 of its device) against that device's young-adult
+  reference at its level, the mean of the women's and men's references (a reader that is not
+  told the sex; the two differ by ~0.1 reference SD). A level without a DXA reference (outside
+  L1-L4) raises ValueError."""
+  ref = {}
+  for d, l in set(zip(devices, levels)):
+    if l not in P.LABELED_LEVELS:
+      raise ValueError(f"level {l!r} has no DXA reference (only "
+                       f"{', '.join(P.LABELED_LEVELS)}), so no T-score")
+    m = [device_reference(d, sex, l) for sex in 'FM']
+    ref[d, l] = (np.mean([x[0] for x in m]), np.mean([x[1] for x in m]))
+  mean, sd = np.array([ref[d, l] for d, l in zip(devices, levels)], float).reshape(-1, 2).T
+  return (np.asarray(bmd, float) - mean) / sd
+
+
 def degeneration_prevalence(age, level):
   """P(degenerative aBMD elevation) at `level` and age: logistic through the OPRA anchors."""
   p75, p85 = P.DEGENERATION_PREVALENCE[level]

@@ -24,9 +24,10 @@ to the data folder, as OsteoSim writes it).
    cross-validated AUC on train, folds grouped by patient; the same features give a ridge
    regression of the site device's BMD (penalty by leave-one-out on train) as bmd_pred.
    Thresholds come from validation, like every model (diagnosis.THRESHOLD_RULE). A second row,
-   `radiomics_ridge`, reads the diagnosis from that ridge BMD (score = -bmd_pred), as the deep
-   model can with config.score='bmd': the same readout for both, so they compare like with
-   like.
+   `radiomics_ridge`, reads the diagnosis from that ridge BMD the way the deep model reads its
+   BMD head (config.score; RIDGE_READOUT, the fine-tuning default 't': the negated T-score of
+   the reading against its device's reference at its level; 'bmd': the negated reading): the
+   same readout for both, so they compare like with like.
 3. The oracle (`osteojax.data.oracle`): the exact Bayes posterior from the generator's truth
    given the anatomy, age, sex, level and device; its patient score is P(any vertebra
    positive). Beside it the CT-only oracle (`oracle_ct_only`): the posterior given what a model
@@ -51,6 +52,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from osteojax import progress as prog
+from osteojax.data import cohort
 from osteojax.data import io as dio
 from osteojax.data import oracle
 from osteojax.data import params as P
@@ -65,6 +67,7 @@ RADIOMICS_SETTINGS = dict(binWidth=25, label=1, additionalInfo=False)
 EVAL_SPLITS = ('valid', 'test')
 BASELINES = ('hu160', 'hu110', 'radiomics_lr', 'radiomics_ridge', 'oracle', 'oracle_ct_only',
              'oracle_hu')
+RIDGE_READOUTS = ('t', 'bmd')   # how radiomics_ridge reads its BMD (finetune's config.score)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,14 +322,21 @@ def radiomics_predictions(train_rows: pd.DataFrame, eval_rows: pd.DataFrame,
   return out
 
 
-def bmd_readout(pred: pd.DataFrame) -> pd.DataFrame:
-  """The same predictions with the diagnosis read from the predicted BMD: score = -bmd_pred (a
-  lower reading of the site's device ranks as more likely osteoporotic)."""
+def ridge_readout(pred: pd.DataFrame, readout: str = 't') -> pd.DataFrame:
+  """The same predictions with the diagnosis read from the predicted BMD (a lower reading ranks
+  as more likely osteoporotic): readout 'bmd', score = -bmd_pred (g/cm2 of the site's device);
+  't', score = -T of bmd_pred against the device's reference at the row's level
+  (cohort.reading_t_score, as finetune.diagnosis_score reads the deep model)."""
+  if readout not in RIDGE_READOUTS:
+    raise ValueError(f'unknown ridge readout {readout!r}; known: {", ".join(RIDGE_READOUTS)}')
   bmd = pd.to_numeric(pred.bmd_pred, errors='coerce').to_numpy(float)
   if not np.isfinite(bmd).all():
     raise ValueError('the ridge BMD regression has no prediction for some rows (too few '
                      'training BMD readings)')
-  return pred.assign(score=-bmd)
+  if readout == 'bmd':
+    return pred.assign(score=-bmd)
+  return pred.assign(score=-cohort.reading_t_score(bmd, pred.device.to_numpy(),
+                                                   pred.level.to_numpy()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,8 +388,10 @@ def data_cohort(data_dir: str) -> str | None:
 
 def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
                   progress: bool = True, report: bool = True, base: str | None = None,
-                  ct_only_patients: int = oracle.CT_ONLY_REFERENCE_PATIENTS) -> dict:
+                  ct_only_patients: int = oracle.CT_ONLY_REFERENCE_PATIENTS,
+                  ridge_score: str = 't') -> dict:
   """Run every baseline on a data folder; write out_dir/<name>.csv for each of BASELINES.
+  radiomics_ridge reads its BMD as `ridge_score` (ridge_readout: the deep model's config.score).
 
   The oracle needs the generator's truth columns and is skipped on real data; the CT-only
   oracle also needs the cohort the data was drawn from (osteosim.json).
@@ -390,6 +402,8 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
   Returns {name: predictions table}.
   """
   from osteojax.data import osteosim
+  if ridge_score not in RIDGE_READOUTS:
+    raise ValueError(f'unknown ridge readout {ridge_score!r}; known: {", ".join(RIDGE_READOUTS)}')
   manifest_path = os.path.join(data_dir, osteosim.MANIFEST)
   if not os.path.exists(manifest_path):
     raise dio.OsteoDataError(manifest_path, 'no such file (not a data folder?)')
@@ -406,7 +420,7 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
                              progress)
   try:
     preds['radiomics_lr'] = radiomics_predictions(train, rows, feats)
-    preds['radiomics_ridge'] = bmd_readout(preds['radiomics_lr'])
+    preds['radiomics_ridge'] = ridge_readout(preds['radiomics_lr'], ridge_score)
   except ValueError as e:
     raise dio.OsteoDataError(manifest_path, f'radiomics baseline: {e}') from None
   if 'abmd_true' in rows.columns and rows.abmd_true.notna().all():

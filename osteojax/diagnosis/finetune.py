@@ -305,18 +305,12 @@ def check_score(score: str, with_bmd: bool = True) -> None:
 
 
 def predicted_t(bmd_pred, devices, levels) -> np.ndarray:
-  """The T-score of each predicted reading against its device's young-adult reference at its
-  level (osteojax/data/cohort.py), the mean of the women's and men's references: the model is
-  not told the sex, and the two differ by ~0.1 reference SD."""
-  ref = {}
-  for d, l in set(zip(devices, levels)):
-    if l not in P.LABELED_LEVELS:
-      raise ConfigError(f"score 't': level {l!r} has no DXA reference (only "
-                        f"{', '.join(P.LABELED_LEVELS)})")
-    m = [cohort.device_reference(d, sex, l) for sex in 'FM']
-    ref[d, l] = (np.mean([x[0] for x in m]), np.mean([x[1] for x in m]))
-  mean, sd = np.array([ref[d, l] for d, l in zip(devices, levels)], float).T
-  return (np.asarray(bmd_pred, float) - mean) / sd
+  """The predicted readings' T-scores (cohort.reading_t_score); a level without a DXA reference
+  is a ConfigError of score 't'."""
+  try:
+    return cohort.reading_t_score(bmd_pred, devices, levels)
+  except ValueError as e:
+    raise ConfigError(f"score 't': {e}") from None
 
 
 def diagnosis_score(prob, bmd_pred, score: str, devices=None, levels=None) -> np.ndarray:

@@ -35,9 +35,11 @@ from osteojax.evaluate import diagnosis
 MODEL = 'tpswav_unified_moe'
 
 
-def _baselines(data_dir: str, workdir: str, ct_only_patients: int) -> dict:
+def _baselines(data_dir: str, workdir: str, ct_only_patients: int,
+               ridge_score: str = 't') -> dict:
   return baselines.run_baselines(data_dir, os.path.join(workdir, 'baselines'), report=False,
-                                 progress=True, ct_only_patients=ct_only_patients)
+                                 progress=True, ct_only_patients=ct_only_patients,
+                                 ridge_score=ridge_score)
 
 
 class _Background:
@@ -64,12 +66,13 @@ class _Background:
 
 
 def compare(preds, data_dir: str, workdir: str, ct_only_patients: int = 20000,
-            rows: dict | None = None) -> dict:
+            rows: dict | None = None, ridge_score: str = 't') -> dict:
   """The model beside the baselines and oracles on the same split: <workdir>/compare.
 
-  rows: the baselines' predictions if already computed (else run_baselines runs here).
+  rows: the baselines' predictions if already computed (else run_baselines runs here, the ridge
+  row read out as `ridge_score`).
   """
-  rows = _baselines(data_dir, workdir, ct_only_patients) if rows is None else rows
+  rows = _baselines(data_dir, workdir, ct_only_patients, ridge_score) if rows is None else rows
   models = {MODEL: preds, **rows}
   out = os.path.join(workdir, 'compare')
   summary = diagnosis.write_report(models, out, base=MODEL)
@@ -101,12 +104,14 @@ def run(config, workdir: str):
   cmp = config.get('compare', {})
   patients = cmp.get('ct_only_patients', 20000)
   data_dir = data_task.data_dir(ft)
+  ridge = ft.score if ft.score in baselines.RIDGE_READOUTS else 't'   # the model's BMD readout
   background = None
   if cmp.get('background', True) and jax.process_count() == 1:
-    background = _Background(_baselines, data_dir, workdir, patients)
+    background = _Background(_baselines, data_dir, workdir, patients, ridge)
   tasks.run(stage_config(config, 'pretrain'), os.path.join(workdir, 'pretrain'))
   preds = tasks.run(ft, os.path.join(workdir, 'finetune'))
-  compare(preds, data_dir, workdir, patients, background.result() if background else None)
+  compare(preds, data_dir, workdir, patients, background.result() if background else None,
+          ridge)
   print(f'[pipeline] data -> TP-SwAV pre-training -> MoE fine-tuning -> evaluation in '
         f'{(time.time() - t0) / 60:.1f} min; outputs in {workdir}/ (tensorboard --logdir '
         f'{workdir})', flush=True)
