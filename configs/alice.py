@@ -3,7 +3,7 @@
   python -m osteojax.main --config configs/alice.py --workdir runs/alice
   python -m osteojax.main --config configs/finetune.py --workdir runs/alice_ft \
       --config.model.name=nnformer3d --config.init.checkpoint=runs/alice --config.loss.bmd=0 \
-      --config.loss.level=0 --config.head.moe=False          # the row: class loss, one head
+      --config.loss.level=0 --config.head.moe=False --config.score=prob   # class loss, one head
 
 Same data, batch and budget as configs/tp_swav.py (the paper trains every pre-training method
 with one recipe), at the learning rate 1e-4 of the paper's pre-training (a transformer: Swin-T

@@ -5,9 +5,11 @@
   python -m osteojax.main --config configs/finetune.py:paper --workdir runs/finetune_paper
 
 Ablations are config values: --config.head.moe=False (no MoE), --config.loss.bmd=0
---config.loss.level=0 (class loss only), --config.init.checkpoint='' (from scratch),
---config.loss.bmd_standardise=device (BMD standardised per DXA device, which removes the
-cross-maker calibration), --config.augment.intensity=legacy (the first build's +-150 HU jitter).
+--config.loss.level=0 --config.score=prob (class loss only), --config.init.checkpoint=''
+(from scratch), --config.score=bmd (the raw predicted reading ranks),
+--config.head.device_embed_std=0 (flax's embedding init), --config.loss.bmd_standardise=device
+(BMD standardised per DXA device, which removes the cross-maker calibration),
+--config.augment.intensity=legacy (the first build's +-150 HU jitter).
 The model is evaluated on the validation split every epoch (vertebra AUC, all sites pooled) and
 the best epoch's checkpoint makes the predictions. The default is sized for a 2-core CPU and
 the default OsteoSim data (slim encoder, 32^3, 1,000 labeled training vertebrae, 16 epochs at
@@ -15,8 +17,9 @@ lr 3e-4); its intensity augmentation ('scanner'), class weighting ('balanced'), 
 (16 epochs at 3e-4), the gate's device embedding scale (SD 1) and readout (the diagnosis
 ranked by the T-score of the BMD head's reading at the device's reference, score='t') were
 chosen on the validation split, never on test (tools/recipe_choices.py, rounds 'first',
-'schedule', 'intensity' and 'readout'; docs/diagnosis.md, "Recipe choices"). `:paper` gives the paper's values (ResNet34-3D,
-batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of 400 epochs) on the full-size data.
+'schedule', 'intensity' and 'readout'; docs/diagnosis.md, "Recipe choices"). `:paper` gives
+the paper's values (ResNet34-3D, batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of
+400 epochs) on the full-size data.
 `:tiny` is for tests.
 """
 import os

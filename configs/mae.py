@@ -3,7 +3,7 @@
   python -m osteojax.main --config configs/mae.py --workdir runs/mae
   python -m osteojax.main --config configs/finetune.py --workdir runs/mae_ft \
       --config.model.name=vit3d --config.init.checkpoint=runs/mae --config.loss.bmd=0 \
-      --config.loss.level=0 --config.head.moe=False          # the row: class loss, one head
+      --config.loss.level=0 --config.head.moe=False --config.score=prob   # class loss, one head
 
 Same data, batch, optimiser and budget as configs/tp_swav.py (the paper trains every
 pre-training method with one recipe), the encoder `model.vit` (slim: 8^3 patches, width 192,

@@ -4,7 +4,7 @@ SwinMM row).
   python -m osteojax.main --config configs/swinmm.py --workdir runs/swinmm
   python -m osteojax.main --config configs/finetune.py --workdir runs/swinmm_ft \
       --config.model.name=swin3d --config.init.checkpoint=runs/swinmm --config.loss.bmd=0 \
-      --config.loss.level=0 --config.head.moe=False          # the row: class loss, one head
+      --config.loss.level=0 --config.head.moe=False --config.score=prob   # class loss, one head
 
 Same data, batch, optimiser and budget as configs/tp_swav.py (the paper trains every
 pre-training method with one recipe), the encoder `model.swin` (slim: feature size 24, window

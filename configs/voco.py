@@ -3,7 +3,7 @@
   python -m osteojax.main --config configs/voco.py --workdir runs/voco
   python -m osteojax.main --config configs/finetune.py --workdir runs/voco_ft \
       --config.init.checkpoint=runs/voco --config.loss.bmd=0 --config.loss.level=0 \
-      --config.head.moe=False                                # the row: class loss, one head
+      --config.head.moe=False --config.score=prob            # the row: class loss, one head
 
 Same data, batch, optimiser, budget and encoder as configs/tp_swav.py (the paper trains every
 pre-training method with one recipe; slim ResNet34-3D on CPU, the paper's at `:paper`). VoCo's

@@ -25,7 +25,7 @@ to the data folder, as OsteoSim writes it).
    regression of the site device's BMD (penalty by leave-one-out on train) as bmd_pred.
    Thresholds come from validation, like every model (diagnosis.THRESHOLD_RULE). A second row,
    `radiomics_ridge`, reads the diagnosis from that ridge BMD the way the deep model reads its
-   BMD head (config.score; RIDGE_READOUT, the fine-tuning default 't': the negated T-score of
+   BMD head (config.score; RIDGE_READOUTS, the fine-tuning default 't': the negated T-score of
    the reading against its device's reference at its level; 'bmd': the negated reading): the
    same readout for both, so they compare like with like.
 3. The oracle (`osteojax.data.oracle`): the exact Bayes posterior from the generator's truth

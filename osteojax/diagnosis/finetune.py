@@ -301,7 +301,8 @@ def check_score(score: str, with_bmd: bool = True) -> None:
   if score not in SCORES:
     raise ConfigError(f'config.score {score!r} is not one of {SCORES}')
   if score in ('bmd', 't') and not with_bmd:
-    raise ConfigError(f"config.score {score!r} needs the BMD head: config.loss.bmd > 0")
+    raise ConfigError(f"config.score {score!r} needs the BMD head: config.loss.bmd > 0 (or "
+                      "--config.score=prob for a class-only model)")
 
 
 def predicted_t(bmd_pred, devices, levels) -> np.ndarray:
