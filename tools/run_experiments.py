@@ -218,10 +218,9 @@ def main():
         f'{ {k: len(v) for k, v in models.items()} }', flush=True)
   if not a.no_baselines:
     config = finetune_config.get_config(a.arg or None)
-    ridge = config.score if config.score in baselines.RIDGE_READOUTS else 't'
     base_preds = baselines.run_baselines(data_task.data_dir(config),
                                          os.path.join(a.out, 'baselines'), report=False,
-                                         ridge_score=ridge)
+                                         ridge_score=baselines.ridge_score_for(config.score))
     models.update(base_preds)
   summary = diagnosis.write_report(models, a.out, base=BASE if BASE in models else None)
   print(diagnosis.markdown_report(summary), flush=True)

@@ -70,6 +70,17 @@ BASELINES = ('hu160', 'hu110', 'radiomics_lr', 'radiomics_ridge', 'oracle', 'ora
 RIDGE_READOUTS = ('t', 'bmd')   # how radiomics_ridge reads its BMD (finetune's config.score)
 
 
+def ridge_score_for(model_score: str) -> str:
+  """The ridge readout that matches a model's config.score: its own BMD readout, or 't' (the
+  fine-tuning default) for a model ranked by its class head."""
+  return model_score if model_score in RIDGE_READOUTS else 't'
+
+
+def _check_ridge_readout(readout: str) -> None:
+  if readout not in RIDGE_READOUTS:
+    raise ValueError(f'unknown ridge readout {readout!r}; known: {", ".join(RIDGE_READOUTS)}')
+
+
 # ----------------------------------------------------------------------------------------------
 # Tables.
 
@@ -327,8 +338,7 @@ def ridge_readout(pred: pd.DataFrame, readout: str = 't') -> pd.DataFrame:
   as more likely osteoporotic): readout 'bmd', score = -bmd_pred (g/cm2 of the site's device);
   't', score = -T of bmd_pred against the device's reference at the row's level
   (cohort.reading_t_score, as finetune.diagnosis_score reads the deep model)."""
-  if readout not in RIDGE_READOUTS:
-    raise ValueError(f'unknown ridge readout {readout!r}; known: {", ".join(RIDGE_READOUTS)}')
+  _check_ridge_readout(readout)
   bmd = pd.to_numeric(pred.bmd_pred, errors='coerce').to_numpy(float)
   if not np.isfinite(bmd).all():
     raise ValueError('the ridge BMD regression has no prediction for some rows (too few '
@@ -402,8 +412,7 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
   Returns {name: predictions table}.
   """
   from osteojax.data import osteosim
-  if ridge_score not in RIDGE_READOUTS:
-    raise ValueError(f'unknown ridge readout {ridge_score!r}; known: {", ".join(RIDGE_READOUTS)}')
+  _check_ridge_readout(ridge_score)     # before any work
   manifest_path = os.path.join(data_dir, osteosim.MANIFEST)
   if not os.path.exists(manifest_path):
     raise dio.OsteoDataError(manifest_path, 'no such file (not a data folder?)')

@@ -104,7 +104,7 @@ def run(config, workdir: str):
   cmp = config.get('compare', {})
   patients = cmp.get('ct_only_patients', 20000)
   data_dir = data_task.data_dir(ft)
-  ridge = ft.score if ft.score in baselines.RIDGE_READOUTS else 't'   # the model's BMD readout
+  ridge = baselines.ridge_score_for(ft.score)
   background = None
   if cmp.get('background', True) and jax.process_count() == 1:
     background = _Background(_baselines, data_dir, workdir, patients, ridge)
