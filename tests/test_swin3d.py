@@ -102,6 +102,22 @@ def test_slim_encoder_shapes(input_shape, expect):
     assert bool(jnp.isfinite(y).all()) and float(jnp.abs(y[0] - y[1]).max()) > 1e-3
 
 
+def test_zero_patches_keep_gradients_bounded():
+  """An all-zero window (air, a masked cube) must not blow up the gradients: the patch
+  embedding's bias is PyTorch's U(+-1/sqrt(fan_in)) draw, so its tokens are not the zero vector
+  on which every LayerNorm would pass gradients 1/sqrt(eps) times larger (with a zero bias they
+  reached ~1e38 at the first SwinMM step)."""
+  enc = swin3d.SwinT3D(24, (2, 2, 2, 2), (1, 2, 4, 8), 4)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 16, 1))
+  x = x.at[:, :8, :8, :8].set(0.0).at[:, 8:, 8:, :8].set(0.0)     # two whole 4^3-token windows
+  params = enc.init(jax.random.PRNGKey(0), x)['params']
+  bias = np.asarray(params['patch_embed']['bias'])
+  assert np.abs(bias).max() <= 8 ** -0.5 and np.abs(bias).min() > 0
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(enc.apply({'params': p}, x) ** 2)))(params)
+  worst = max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads))
+  assert np.isfinite(worst) and worst < 1e3, worst
+
+
 def _per_layer_count(f=48, depths=(2, 2, 2, 2), heads=(3, 6, 12, 24), window=7, patch=2):
   """Swin-UNETR's encoder (MONAI's SwinTransformer, merging after every stage), counted layer by
   layer, plus the classification LayerNorm."""

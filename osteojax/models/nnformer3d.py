@@ -30,7 +30,8 @@ window not shorter than the grid's shortest axis is clipped to it and not shifte
 differences: the relative position index is Swin's, one table row per offset (the code scales
 the first axis by 3w - 1 instead of (2w - 1)^2, so that different offsets share rows; the table
 has the same size), and an input not a multiple of patch_size is refused instead of padded.
-Initialisers are Flax's defaults, except the convolution biases: PyTorch's (BiasConv3D).
+Initialisers are Flax's defaults, except the convolution biases: PyTorch's (BiasConv3D,
+swin3d.torch_bias_init).
 No absolute position embedding (as nnFormer_synapse.py): Alice's encoder (its Encoder's
 ape=True) adds one to the embedded tokens, a sine-cosine table that its trunc_normal_ then
 overwrites in place with N(0, 0.02^2) draws, held as a plain tensor (not a parameter or a
@@ -50,7 +51,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from osteojax.errors import ConfigError
@@ -61,13 +61,6 @@ LN_EPS = swin3d.LN_EPS     # torch.nn.LayerNorm's, as in nnFormer
 
 def gelu(x):
   return nn.gelu(x, approximate=False)      # torch.nn.GELU's default
-
-
-def torch_bias_init(fan_in: int):
-  """PyTorch's default bias initialiser of a layer with fan_in inputs: U(+-1 / sqrt(fan_in))."""
-  bound = fan_in ** -0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
-                                                                  bound)
 
 
 class BiasConv3D(nn.Module):
@@ -86,7 +79,7 @@ class BiasConv3D(nn.Module):
     y = resnet3d.Conv3D(self.features, self.kernel_size, self.stride, self.impl,
                         padding=(self.kernel_size - 1) // 2, name='conv')(x)
     fan_in = x.shape[-1] * self.kernel_size ** 3
-    return y + self.param('bias', torch_bias_init(fan_in), (self.features,))
+    return y + self.param('bias', swin3d.torch_bias_init(fan_in), (self.features,))
 
 
 class Project(nn.Module):

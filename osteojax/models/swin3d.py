@@ -23,10 +23,18 @@ import itertools
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 LN_EPS = 1e-5      # torch.nn.LayerNorm's, as in Swin-UNETR
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's default bias initialiser of a layer with fan_in inputs: U(+-1 / sqrt(fan_in))."""
+  bound = fan_in ** -0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
 
 
 def window_and_shift(grid: Sequence[int], window: int, shift: int):
@@ -180,9 +188,14 @@ class SwinT3D(nn.Module):
     p = self.patch_size
     if d % p or h % p or w % p:
       raise ValueError(f'input {x.shape[1:4]} is not a multiple of the patch size {p}')
-    # Patch embedding: a p^3 convolution with stride p, written as space-to-depth + Dense.
+    # Patch embedding: a p^3 convolution with stride p, written as space-to-depth + Dense. Its
+    # bias is initialised as PyTorch's Conv3d (Swin-UNETR's): with a zero bias, every token of
+    # an all-zero patch (air, a masked cube) is the zero vector, every LayerNorm on it passes
+    # gradients 1 / sqrt(eps) (316) times larger, and through the blocks they overflowed
+    # float32 at the first SwinMM step (slim CPU Swin-T, masked 8^3 cubes).
     x = x.reshape(b, d // p, p, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-    x = nn.Dense(self.feature_size, name='patch_embed')(x.reshape(b, d // p, h // p, w // p, -1))
+    x = nn.Dense(self.feature_size, bias_init=torch_bias_init(p ** 3 * c),
+                 name='patch_embed')(x.reshape(b, d // p, h // p, w // p, -1))
     for i, (depth, heads) in enumerate(zip(self.depths, self.heads)):
       for j in range(depth):
         x = SwinBlock3D(x.shape[-1], heads, self.window, shifted=j % 2 == 1,
