@@ -8,6 +8,7 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
   swav_class           SwAV-pre-trained encoder, class loss
   tpswav_class         TP-SwAV-pre-trained encoder, class loss
   tpswav_class_bmd     + BMD loss
+  tpswav_class_level   + level (position) loss instead (Table 4's third row)
   tpswav_unified       + level loss (the unified loss, eq. 4)
   tpswav_unified_moe   unified + device-gated MoE (the paper's model; the base of the tests)
   mae_vit_class        Table 2's ViT / MAE row: 3-D ViT pre-trained by MAE, class loss
@@ -19,7 +20,7 @@ Rows (each fine-tuned with every seed; encoder, data and budget shared):
                        Table 5: TP-SwAV and + MoE + unified loss on the 3-D Swin-T
   swinmm_swin_class    Table 2's SwinT / SwinMM row (= Table 5's SwinMM row): 3-D Swin-T
                        pre-trained by SwinMM, class loss
-(--rows chooses; the default is the six ResNet rows above mae_vit_class)
+(--rows chooses; the default is the seven ResNet rows above mae_vit_class)
 plus hu160, hu110 (Pickhardt 2013 L1 trabecular HU cut-offs), radiomics_lr and _ridge, the
 oracle, the CT-only and density-reader oracles (tools/run_baselines.py). Pre-training: one run
 per method (PRETRAIN_CONFIGS: configs/tp_swav.py, swav, mae, voco, swinmm, alice) and encoder
@@ -30,9 +31,9 @@ transformer rows run once their fine-tuning learning rate (FINETUNE_LR) is chose
 recipe_choices.py --round encoders.
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
 skipped, interrupted ones resume from their checkpoints. Writes <out>/results.md, results.json,
-results_compact.md, roc_vertebra.png, roc_patient.png (thresholds from validation only),
-validation_curves.png (validation AUC against epochs of every fine-tuning run) and prints the
-tables.
+results_compact.md, results_paper.md (the paper's Tables 2-5 in its row order),
+roc_vertebra.png, roc_patient.png (thresholds from validation only), validation_curves.png
+(validation AUC against epochs of every fine-tuning run) and prints the tables.
 """
 import argparse
 import os
@@ -55,6 +56,7 @@ ROWS = {  # name: (pre-training: configs/<it>.py, '' none; weights cls/bmd/level
     'swav_class': ('swav', (1.0, 0.0, 0.0), False, 'resnet3d'),
     'tpswav_class': ('tp_swav', (1.0, 0.0, 0.0), False, 'resnet3d'),
     'tpswav_class_bmd': ('tp_swav', (1.0, 1.0, 0.0), False, 'resnet3d'),
+    'tpswav_class_level': ('tp_swav', (1.0, 0.0, 0.5), False, 'resnet3d'),   # Table 4's
     'tpswav_unified': ('tp_swav', (1.0, 1.0, 0.5), False, 'resnet3d'),
     'tpswav_unified_moe': ('tp_swav', (1.0, 1.0, 0.5), True, 'resnet3d'),
     # Table 2's other rows: Swin-UNETR's encoder from scratch (= swin_scratch_class), ViT + MAE,
@@ -77,6 +79,53 @@ PRETRAIN_CONFIGS = {'tp_swav': 'tp_swav.py', 'swav': 'swav.py', 'mae': 'mae.py',
                     'voco': 'voco.py', 'swinmm': 'swinmm.py',
                     'alice': 'alice.py'}     # pre-training method -> its file in configs/
 BASE = 'tpswav_unified_moe'
+# The paper's tables in its row order (results_paper.md): labels of a row from ROWS
+ENCODER_LABELS = {'resnet3d': 'ResNet34', 'swin3d': 'SwinT', 'vit3d': 'ViT',
+                  'nnformer3d': 'nnFormer'}
+METHOD_LABELS = {'': '/', 'swav': 'SwAV', 'tp_swav': 'TP-SwAV', 'mae': 'MAE', 'voco': 'VoCo',
+                 'swinmm': 'SwinMM', 'alice': 'Alice'}
+LOSS_LABELS = {(1.0, 0.0, 0.0): 'class', (1.0, 1.0, 0.0): 'class + BMD',
+               (1.0, 0.0, 0.5): 'class + position', (1.0, 1.0, 0.5): 'unified'}
+BASELINE_LABELS = {'hu110': 'L1 HU < 110 (rule)', 'radiomics_lr': 'radiomics + LR',
+                   'radiomics_ridge': 'radiomics ridge (BMD readout)',
+                   'oracle_ct_only': 'CT-only oracle', 'oracle': 'oracle'}
+TABLE2_ROWS = ['scratch_class', 'swin_scratch_class', 'mae_vit_class', 'alice_nnformer_class',
+               'swinmm_swin_class', 'voco_class', 'swav_class', 'tpswav_class', 'tpswav_unified',
+               'tpswav_unified_moe']
+PAPER_TABLES = [  # (title, level, rows, with the baselines)
+    ('Table 2 (vertebra level)', 'vertebra', TABLE2_ROWS, True),
+    ('Table 3 (patient level: positive if any vertebra is)', 'patient', TABLE2_ROWS, True),
+    ('Table 4 (loss ablation, ResNet34 + TP-SwAV; vertebra level)', 'vertebra',
+     ['tpswav_class', 'tpswav_class_bmd', 'tpswav_class_level', 'tpswav_unified'], False),
+    ('Table 5 (backbone ablation, Swin-T; vertebra level)', 'vertebra',
+     ['swin_scratch_class', 'swinmm_swin_class', 'swin_tpswav_class',
+      'swin_tpswav_unified_moe'], False)]
+
+
+def row_labels(row: str) -> tuple:
+  """(name, model, pre-training, loss) of a grid row as the paper's tables label it."""
+  method, weights, use_moe, encoder = ROWS[row]
+  model = ENCODER_LABELS[encoder] + ('+MoE' if use_moe else '')
+  if row == 'swin_scratch_class':
+    model = 'Swin-UNETR (encoder: SwinT)'
+  return (row, model, METHOD_LABELS[method], LOSS_LABELS[weights])
+
+
+def paper_tables(summary: dict) -> str:
+  """Markdown: the paper's Tables 2-5 from a grid's summary (rows not run show 0 seeds)."""
+  parts = []
+  for title, level, rows, with_baselines in PAPER_TABLES:
+    rows = [row_labels(r) for r in rows]
+    if with_baselines:
+      rows += [(b, label, '-', '-') for b, label in BASELINE_LABELS.items()
+               if b in summary['models']]
+    parts.append(f'{title}: F1 (%) per site, test split, mean ± SD over seeds, threshold by '
+                 f"Youden's J on validation; stars: paired t-test across seeds against "
+                 f'{summary.get("base", "-")} (* p < 0.05, ** < 0.01, *** < 0.001); AUC on the '
+                 f'internal sites A-C; no stars for a row of one seed.\n\n'
+                 + diagnosis.paper_table(summary, rows, level,
+                                         deterministic=baselines.BASELINES))
+  return '\n\n'.join(parts) + '\n'
 # Fine-tuning learning rate of the transformer encoders, chosen on validation by
 # `tools/recipe_choices.py --round encoders` (docs/diagnosis.md, "Other encoders"); the ResNet
 # rows keep configs/finetune.py's. TP-SwAV on a transformer pre-trains at the paper's 1e-4
@@ -231,6 +280,7 @@ def main():
   compact += ('\n\nvertebra AUC (validation split, all sites pooled, the kept epoch; mean ± SD '
               'over seeds):\n\n' + validation_table(runs, a.rows, a.seeds))
   dio.atomic_write_text(os.path.join(a.out, 'results_compact.md'), compact + '\n')
+  dio.atomic_write_text(os.path.join(a.out, 'results_paper.md'), paper_tables(summary))
   print(compact, flush=True)
   plot_validation_curves(runs, a.rows, a.seeds, os.path.join(a.out, 'validation_curves.png'))
   print(f'[grid] {n_runs} runs reported in {(time.time() - t0) / 60:.1f} min; tables and ROC '

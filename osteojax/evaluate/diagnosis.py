@@ -381,6 +381,40 @@ def compact_table(summary: dict, metric: str = 'f1', level: str = 'vertebra',
   return '\n'.join(lines)
 
 
+def paper_table(summary: dict, rows: Sequence[tuple], level: str = 'vertebra',
+                metric: str = 'f1', sites: Sequence[str] = SITES,
+                extra: Sequence[str] = ('auc',), deterministic: Sequence[str] = ()) -> str:
+  """The paper's Tables 2-5 layout: a row per model in the paper's order, its labels (encoder,
+  pre-training, loss), then `metric` per site (mean ± SD over seeds, with the paired t-test's
+  stars against the summary's base, as the paper marks P) and `extra` metrics on the internal
+  sites A-C. rows: (name in summary, *labels); a name without results is kept, with 0 seeds
+  and '-', so the table shows what has not run. Stars need seeds on both sides: a model with
+  one seed gets them only when named in `deterministic` (a baseline: the same every seed).
+  """
+  sig = summary.get('significance', {})
+  head = (['model', 'pre-training', 'loss', 'seeds'] + [f'{metric.upper()} {s}' for s in sites]
+          + [f'{c.upper()} internal' for c in extra])
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for name, *labels in rows:
+    res = summary['models'].get(name)
+    by_site = {(r['level'], r['site']): r for r in res['mean_sd']} if res else {}
+    cells = list(labels) + [str(res['n_seeds']) if res else '0']
+    for s in sites:
+      r = by_site.get((level, s), {})
+      cell = _fmt(r.get(metric), r.get(metric + '_sd'), metric in PERCENT)
+      t = [x for x in sig.get(name, []) if x['level'] == level and x['site'] == s]
+      star = _stars(t[0].get(f'ttest_{metric}_p')) if t else ''
+      if res and res['n_seeds'] < 2 and name not in deterministic:
+        star = ''
+      if name == summary.get('base') and res:
+        star = '(base)'
+      cells.append(f'{cell} {star}' if star and star != 'ns' and cell != '-' else cell)
+    r = by_site.get((level, 'internal'), {})
+    cells += [_fmt(r.get(c), r.get(c + '_sd'), c in PERCENT) for c in extra]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def markdown_report(summary: dict, sites: Sequence[str] = SITES + ('internal',)) -> str:
   """Vertebra, patient and (where any model predicts BMD) BMD tables, with their rules."""
   parts = [f'Split: {summary["split"]}. Threshold: {summary["threshold_rule"]}, unless said '
