@@ -5,6 +5,7 @@ Every task is reached through `python -m osteojax.main`; a new task adds one lin
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 
 import jax
@@ -28,11 +29,17 @@ TASKS = {
 
 
 def run(config, workdir: str):
-  """Save the resolved config in workdir, then run config.task."""
+  """Check the config's choices (the task's check_config(config), where it has one), save the
+  resolved config in workdir, then run config.task. A bad choice stops before the save, so it
+  leaves an earlier run's config.json in that workdir as it was."""
   if config.task not in TASKS:
     raise ConfigError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
+  task = importlib.import_module(TASKS[config.task])
+  check = getattr(task, 'check_config', None)
+  if check is not None and len(inspect.signature(check).parameters) == 1:
+    check(config)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:        # one writer when several processes share the workdir
     dio.atomic_write_text(os.path.join(workdir, 'config.json'),
                           config.to_json_best_effort(indent=1))
-  return importlib.import_module(TASKS[config.task]).run(config, workdir)
+  return task.run(config, workdir)

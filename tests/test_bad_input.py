@@ -311,14 +311,17 @@ def test_cli_unknown_device_make_then_extract(tmp_path):
 
 def test_main_bad_config_value_is_one_line(tmp_path):
   """An unknown choice in a config stops `python -m osteojax.main` with one line, status 2,
-  before any data or checkpoint is written."""
+  before any data, checkpoint or config is written: an earlier run's config.json stays."""
   cases = [('configs/default.py', '--config.task=bogus', "unknown task 'bogus'"),
            ('configs/finetune.py', '--config.select=bogus', "config.select 'bogus'"),
+           ('configs/finetune.py', '--config.score=bogus', "config.score 'bogus'"),
            ('configs/finetune.py', '--config.loss.class_weight=bogus',
             "unknown config.loss.class_weight 'bogus'"),
            ('configs/tp_swav.py', '--config.views=bogus', "unknown config.views 'bogus'")]
   for i, (cfg, flag, expect) in enumerate(cases):
     work = tmp_path / f'run{i}'
+    work.mkdir()
+    (work / 'config.json').write_text('{"earlier": "run"}')
     r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config', cfg, '--workdir',
                         str(work), flag, f'--config.data.dir={tmp_path / "data"}'],
                        capture_output=True, encoding='utf-8', errors='replace', cwd=ROOT,
@@ -327,4 +330,5 @@ def test_main_bad_config_value_is_one_line(tmp_path):
     assert r.stderr.startswith('error: ') and expect in r.stderr, r.stderr[-2000:]
     assert r.stderr.count('\n') == 1, r.stderr
     assert not os.path.exists(tmp_path / 'data')
-    assert not os.path.exists(work) or os.listdir(work) == ['config.json']
+    assert os.listdir(work) == ['config.json']
+    assert (work / 'config.json').read_text() == '{"earlier": "run"}', cfg

@@ -203,11 +203,17 @@ def unlabeled_pools(config):
   return pools, steps_per_epoch, total, optimizer_config(config, steps_per_epoch)
 
 
-def run(config, workdir: str):
-  """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
-  if config.views not in ('pool', 'crops'):           # bad names stop before the pool is built
+def check_config(config) -> None:
+  """The choices by name, checked before any pool is built or file written (tasks.run calls it
+  before it saves the config)."""
+  if config.views not in ('pool', 'crops'):
     raise ConfigError(f"unknown config.views {config.views!r}; known: pool, crops")
   augment.intensity_bounds(config.swav.intensity)
+
+
+def run(config, workdir: str):
+  """Pre-train on the unlabeled vertebrae's texture pools; checkpoints + TensorBoard in workdir."""
+  check_config(config)
   pools, steps_per_epoch, total, optim = unlabeled_pools(config)
   n = len(pools)
   model = build_model(config)
