@@ -329,6 +329,12 @@ def _stars(p):
   return '***' if p < 0.001 else '**' if p < 0.01 else '*' if p < 0.05 else 'ns'
 
 
+def _sig_row(sig: dict, name: str, level: str, site: str) -> dict:
+  """The significance row of model `name` at (level, site); {} when there is none."""
+  t = [x for x in sig.get(name, []) if x['level'] == level and x['site'] == site]
+  return t[0] if t else {}
+
+
 def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] = SITES,
                    columns: Sequence[str] = METRICS, p_metric: str = 'f1') -> str:
   """One Markdown table at `level`: a row per (site, model), a column per metric, mean ± SD.
@@ -357,8 +363,7 @@ def markdown_table(summary: dict, level: str = 'vertebra', sites: Sequence[str] 
         if name == summary.get('base'):
           cells += ['base', '', '']
         else:
-          t = [x for x in sig.get(name, []) if x['level'] == level and x['site'] == s]
-          t = t[0] if t else {}
+          t = _sig_row(sig, name, level, s)
           cells.append(_stars(t.get(f'ttest_{p_metric}_p')) or '-')
           cells += [_fmt_p(t.get('delong_p')), _fmt_p(t.get('mcnemar_p'))]
       lines.append('| ' + ' | '.join(cells) + ' |')
@@ -402,8 +407,7 @@ def paper_table(summary: dict, rows: Sequence[tuple], level: str = 'vertebra',
     for s in sites:
       r = by_site.get((level, s), {})
       cell = _fmt(r.get(metric), r.get(metric + '_sd'), metric in PERCENT)
-      t = [x for x in sig.get(name, []) if x['level'] == level and x['site'] == s]
-      star = _stars(t[0].get(f'ttest_{metric}_p')) if t else ''
+      star = _stars(_sig_row(sig, name, level, s).get(f'ttest_{metric}_p'))
       if res and res['n_seeds'] < 2 and name not in deterministic:
         star = ''
       if name == summary.get('base') and res:
