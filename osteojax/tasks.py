@@ -5,7 +5,6 @@ Every task is reached through `python -m osteojax.main`; a new task adds one lin
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 
 import jax
@@ -36,7 +35,7 @@ def run(config, workdir: str):
     raise ConfigError(f'unknown task {config.task!r}; known tasks: {", ".join(sorted(TASKS))}')
   task = importlib.import_module(TASKS[config.task])
   check = getattr(task, 'check_config', None)
-  if check is not None and len(inspect.signature(check).parameters) == 1:
+  if check is not None:
     check(config)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:        # one writer when several processes share the workdir

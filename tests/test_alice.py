@@ -182,13 +182,13 @@ def test_loss_fn_gradients_freeze_and_teacher():
 
 def test_config_errors():
   c = alice_config.get_config('tiny')
-  pretrain_alice.check_config(c, c.data.roi_shape)
+  pretrain_alice.check_config(c)
   c.model.name = 'swin3d'
   with pytest.raises(ConfigError, match='must be nnformer3d'):
-    pretrain_alice.check_config(c, c.data.roi_shape)
+    pretrain_alice.check_config(c)
   c.model.name, c.alice.mask_cell = 'nnformer3d', 5
   with pytest.raises(ConfigError, match='mask_cell 5 must divide'):
-    pretrain_alice.check_config(c, c.data.roi_shape)
+    pretrain_alice.check_config(c)
 
 
 def test_alice_steps_one_and_four_devices_agree():

@@ -180,16 +180,19 @@ def test_config_checks_and_model_shapes():
   rot, z, rec = jax.eval_shape(lambda: model.init_with_output(
       jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 16, 1)))[0])
   assert rot.shape == (2, 4) and z.shape == (2, 16) and rec.shape == (2, 16, 16, 16)
-  pretrain_swinmm.check_config(config, (16, 16, 16))
+  config.data.roi_shape = (16, 16, 16)
+  pretrain_swinmm.check_config(config)
   for roi, match in (((16, 16, 8), 'must be a cube'), ((12, 12, 12), 'multiple of patch_size')):
+    config.data.roi_shape = roi
     with pytest.raises(ConfigError, match=match):
-      pretrain_swinmm.check_config(config, roi)
+      pretrain_swinmm.check_config(config)
+  config.data.roi_shape = (16, 16, 16)
   config.swinmm.mask_patch = 3
   with pytest.raises(ConfigError, match='mask_patch 3 must divide'):
-    pretrain_swinmm.check_config(config, (16, 16, 16))
+    pretrain_swinmm.check_config(config)
   config.swinmm.mask_patch, config.swinmm.mask_ratio = 4, 0.001
   with pytest.raises(ConfigError, match='masks none or all'):
-    pretrain_swinmm.check_config(config, (16, 16, 16))
+    pretrain_swinmm.check_config(config)
   config.model.name = 'resnet3d'
   with pytest.raises(ConfigError, match='must be swin3d'):
     pretrain_swinmm.build_model(config)

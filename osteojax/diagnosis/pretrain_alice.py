@@ -187,9 +187,9 @@ class AliceModel(nn.Module):
     return self.align(enc_t, dec_t)
 
 
-def check_config(config, roi_shape):
+def check_config(config):
   """ConfigError (one line) for values Alice cannot use, before any data is built."""
-  a = config.alice
+  a, roi_shape = config.alice, tuple(config.data.roi_shape)
   if config.model.name != 'nnformer3d':
     raise ConfigError(f'Alice pre-trains nnFormer: config.model.name must be nnformer3d, got '
                       f'{config.model.name!r}')
@@ -273,7 +273,7 @@ def make_loss_fn(config, model, steps_per_epoch: int, total_steps: int):
 def run(config, workdir: str):
   """Pre-train nnFormer's encoder with Alice on the unlabeled vertebrae; checkpoints +
   TensorBoard in workdir."""
-  check_config(config, config.data.roi_shape)          # bad values stop before the pool is built
+  check_config(config)          # bad values stop before the pool is built
   model = build_model(config)
   pools, steps_per_epoch, total, optim = pretrain.unlabeled_pools(config)
   missing = {'level', 'patient_id'} - set(pools.rows.columns)

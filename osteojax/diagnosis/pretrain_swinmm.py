@@ -112,10 +112,10 @@ def num_upsamplings(swin) -> int:
   return int(round(math.log2(swin.patch_size))) + len(swin.depths)
 
 
-def check_config(config, roi_shape):
-  """ConfigError unless the ROI [D, H, W] suits the views, masks and decoder and the loss
-  weights are named."""
-  c, s = config.swinmm, config.model.swin
+def check_config(config):
+  """ConfigError unless the ROI (config.data.roi_shape, [D, H, W]) suits the views, masks and
+  decoder and the loss weights are named."""
+  c, s, roi_shape = config.swinmm, config.model.swin, tuple(config.data.roi_shape)
   if s.patch_size & (s.patch_size - 1):
     raise ConfigError(f'SwinMM decoder: model.swin.patch_size must be a power of 2, got '
                       f'{s.patch_size}')
@@ -219,7 +219,7 @@ def make_loss_fn(config, model):
 def run(config, workdir: str):
   """Pre-train the Swin-T with SwinMM on the unlabeled vertebrae; checkpoints + TensorBoard."""
   model = build_model(config)                          # checks the encoder before any data
-  check_config(config, tuple(config.data.roi_shape))
+  check_config(config)
   pools, steps_per_epoch, total, optim = pretrain.unlabeled_pools(config)
   n = len(pools)
   state = init_state(config, model, pools.shape[2:], optim, total)
