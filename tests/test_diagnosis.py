@@ -120,15 +120,14 @@ def test_paper_table_rows_stars_and_missing_rows():
   summary = {'base': 'b', 'models': {'b': model(3, 0.8, 0.01), 'm': model(3, 0.5, 0.02),
                                      'one': model(1, 0.6, None), 'rule': model(1, 0.4, None)},
              'significance': {k: [{'level': 'vertebra', 'site': 'A', 'ttest_f1_p': p}]
-                              for k, p in (('m', 0.004), ('one', 0.001), ('rule', 0.03))}}
+                              for k, p in (('m', 0.004), ('one', None), ('rule', 0.03))}}
   rows = [('m', 'M', '/', 'class'), ('gone', 'G', 'X', 'class'), ('one', 'O', '/', 'class'),
           ('rule', 'R', '-', '-'), ('b', 'B', 'TP', 'unified')]
-  lines = diagnosis.paper_table(summary, rows, 'vertebra', sites=('A',),
-                                deterministic=('rule',)).splitlines()
+  lines = diagnosis.paper_table(summary, rows, 'vertebra', sites=('A',)).splitlines()
   assert lines[0] == '| model | pre-training | loss | seeds | F1 A | AUC internal |'
   assert lines[2] == '| M | / | class | 3 | 50.0 ± 2.0 ** | 0.900 ± 0.020 |'
   assert lines[3] == '| G | X | class | 0 | - | - |'          # not run: kept, empty
-  assert lines[4] == '| O | / | class | 1 | 60.0 | 0.900 |'    # one seed: no test
+  assert lines[4] == '| O | / | class | 1 | 60.0 | 0.900 |'    # one seed: no test (summarize)
   assert lines[5] == '| R | - | - | 1 | 40.0 * | 0.900 |'     # a baseline: tested
   assert lines[6] == '| B | TP | unified | 3 | 80.0 ± 1.0 (base) | 0.900 ± 0.010 |'
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from osteojax.evaluate import significance
+from osteojax.evaluate import diagnosis, significance
 
 
 def _psi(x, y):
@@ -119,9 +119,22 @@ def test_compare_models_pairs_on_roi_ids():
   r = out[(out.level == 'vertebra') & (out.site == 'all')].iloc[0]
   assert r.n_seeds == 3 and len(r.delong_ps) == 3
   assert r.ttest_auc_diff > 0 and r.delong_p < 0.05
-  # A deterministic single table pairs with every seed.
-  one = significance.compare_models(base[:1], other)
-  assert one.n_seeds.iloc[0] == 3
+  # A deterministic single table pairs with every seed; one seed of a stochastic model pairs
+  # with the first seed only, and gets no t-test.
+  one = significance.compare_models(base[:1], other, base_deterministic=True)
+  assert one.n_seeds.iloc[0] == 3 and len(one.delong_ps.iloc[0]) == 3
+  assert np.isfinite(one[one.site == 'all'].ttest_auc_p).all()
+  single = significance.compare_models(base, other[:1])
+  assert (single.n_seeds == 1).all() and np.isnan(single.ttest_auc_p).all()
+  assert np.isfinite(single[single.site == 'all'].delong_p).all()
+  # summarize declares which models are deterministic.
+  summary = diagnosis.summarize({'b': base, 'rule': base[0], 'run': other[0]}, base='b',
+                                deterministic=('rule',))
+  sig = {k: {(r['level'], r['site']): r for r in v} for k, v in summary['significance'].items()}
+  assert sig['rule'][('vertebra', 'all')]['n_seeds'] == 3
+  assert sig['run'][('vertebra', 'all')]['n_seeds'] == 1
+  assert sig['run'][('vertebra', 'all')]['ttest_f1_p'] is None or np.isnan(
+      sig['run'][('vertebra', 'all')]['ttest_f1_p'])
   with pytest.raises(ValueError, match='do not cover the same cases'):
     significance.compare_models(base[:1], [other[0][other[0].roi_id != 'test3']])
   flipped = other[0].assign(label=1 - other[0].label)

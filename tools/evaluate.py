@@ -51,14 +51,17 @@ def main(argv=None):
   if len(names) != len(args.workdir):
     ap.error('give one --name per --workdir (or none)')
   models = {n: predict_workdir(w) for n, w in zip(names, args.workdir)}
+  fixed = []                          # the baselines: one table stands for every seed
   if args.baselines:
     csvs = sorted(glob.glob(os.path.join(args.baselines, '*.csv')))
     if not csvs:
       raise dio.OsteoDataError(args.baselines, 'no baseline prediction CSVs here')
     for path in csvs:
-      models[os.path.splitext(os.path.basename(path))[0]] = diagnosis.read_predictions(path)
+      fixed.append(os.path.splitext(os.path.basename(path))[0])
+      models[fixed[-1]] = diagnosis.read_predictions(path)
   out = args.out or os.path.join(args.workdir[0], 'eval')
-  summary = diagnosis.write_report(models, out, split=args.split, base=args.base)
+  summary = diagnosis.write_report(models, out, split=args.split, base=args.base,
+                                   deterministic=fixed)
   print(diagnosis.markdown_report(summary))
   print(f'tables and ROC curves: {out}/')
   return 0

@@ -123,8 +123,7 @@ def paper_tables(summary: dict) -> str:
                  f"Youden's J on validation; stars: paired t-test across seeds against "
                  f'{summary.get("base", "-")} (* p < 0.05, ** < 0.01, *** < 0.001); AUC on the '
                  f'internal sites A-C; no stars for a row of one seed.\n\n'
-                 + diagnosis.paper_table(summary, rows, level,
-                                         deterministic=baselines.BASELINES))
+                 + diagnosis.paper_table(summary, rows, level))
   return '\n\n'.join(parts) + '\n'
 # Fine-tuning learning rate of the transformer encoders, chosen on validation by
 # `tools/recipe_choices.py --round encoders` (docs/diagnosis.md, "Other encoders"); the ResNet
@@ -272,7 +271,8 @@ def main():
                                          os.path.join(a.out, 'baselines'), report=False,
                                          ridge_score=baselines.ridge_score_for(config.score))
     models.update(base_preds)
-  summary = diagnosis.write_report(models, a.out, base=BASE if BASE in models else None)
+  summary = diagnosis.write_report(models, a.out, base=BASE if BASE in models else None,
+                                   deterministic=baselines.BASELINES)
   print(diagnosis.markdown_report(summary), flush=True)
   compact = '\n\n'.join(
       f'{level} {metric.upper()} (test split, mean ± SD over seeds):\n\n'

@@ -448,5 +448,5 @@ def run_baselines(data_dir: str, out_dir: str, cache_dir: str | None = None,
   for name, p in preds.items():
     diagnosis.write_predictions(p, os.path.join(out_dir, f'{name}.csv'))
   if report:
-    diagnosis.write_report(preds, out_dir, base=base)
+    diagnosis.write_report(preds, out_dir, base=base, deterministic=tuple(preds))
   return preds

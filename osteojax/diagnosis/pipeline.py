@@ -75,7 +75,7 @@ def compare(preds, data_dir: str, workdir: str, ct_only_patients: int = 20000,
   rows = _baselines(data_dir, workdir, ct_only_patients, ridge_score) if rows is None else rows
   models = {MODEL: preds, **rows}
   out = os.path.join(workdir, 'compare')
-  summary = diagnosis.write_report(models, out, base=MODEL)
+  summary = diagnosis.write_report(models, out, base=MODEL, deterministic=tuple(rows))
   text = '\n\n'.join(f'{level} {metric.upper()} (test split; threshold from validation):\n\n'
                       + diagnosis.compact_table(summary, metric, level)
                       for level in ('vertebra',) for metric in ('auc', 'f1', 'f1_f1thr'))

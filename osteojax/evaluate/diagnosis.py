@@ -262,8 +262,11 @@ def _as_list(preds) -> list:
 
 
 def summarize(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], split: str = 'test',
-              base: str | None = None) -> dict:
+              base: str | None = None, deterministic: Sequence[str] = ()) -> dict:
   """JSON-ready results of several models (name -> predictions table or list, one per seed).
+
+  deterministic: the models whose one table stands for every seed (baselines, oracles); in
+  the paired tests they pair with each seed of the other model (significance.compare_models).
 
   {'split', 'threshold_rule', 'models': {name: {'n_seeds', 'thresholds': [per seed],
   'mean_sd': [rows of `aggregate`], 'per_seed': [rows of `evaluate` + seed]}},
@@ -285,7 +288,9 @@ def summarize(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], split
       raise ValueError(f'base model {base!r} is not among {sorted(models)}')
     out['base'] = base
     out['significance'] = {
-        name: _records(significance.compare_models(models[base], preds, split))
+        name: _records(significance.compare_models(
+            models[base], preds, split, base_deterministic=base in deterministic,
+            other_deterministic=name in deterministic))
         for name, preds in models.items() if name != base}
   return out
 
@@ -388,13 +393,13 @@ def compact_table(summary: dict, metric: str = 'f1', level: str = 'vertebra',
 
 def paper_table(summary: dict, rows: Sequence[tuple], level: str = 'vertebra',
                 metric: str = 'f1', sites: Sequence[str] = SITES,
-                extra: Sequence[str] = ('auc',), deterministic: Sequence[str] = ()) -> str:
+                extra: Sequence[str] = ('auc',)) -> str:
   """The paper's Tables 2-5 layout: a row per model in the paper's order, its labels (encoder,
   pre-training, loss), then `metric` per site (mean ± SD over seeds, with the paired t-test's
   stars against the summary's base, as the paper marks P) and `extra` metrics on the internal
   sites A-C. rows: (name in summary, *labels); a name without results is kept, with 0 seeds
-  and '-', so the table shows what has not run. Stars need seeds on both sides: a model with
-  one seed gets them only when named in `deterministic` (a baseline: the same every seed).
+  and '-', so the table shows what has not run. Stars come from the summary's paired tests,
+  which need seeds on both sides (a stochastic model of one seed has none; see summarize).
   """
   sig = summary.get('significance', {})
   head = (['model', 'pre-training', 'loss', 'seeds'] + [f'{metric.upper()} {s}' for s in sites]
@@ -408,8 +413,6 @@ def paper_table(summary: dict, rows: Sequence[tuple], level: str = 'vertebra',
       r = by_site.get((level, s), {})
       cell = _fmt(r.get(metric), r.get(metric + '_sd'), metric in PERCENT)
       star = _stars(_sig_row(sig, name, level, s).get(f'ttest_{metric}_p'))
-      if res and res['n_seeds'] < 2 and name not in deterministic:
-        star = ''
       if name == summary.get('base') and res:
         star = '(base)'
       cells.append(f'{cell} {star}' if star and star != 'ns' and cell != '-' else cell)
@@ -517,12 +520,13 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
 
 def write_report(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], out_dir: str,
                  split: str = 'test', base: str | None = None,
-                 sites: Sequence[str] = SITES) -> dict:
+                 sites: Sequence[str] = SITES, deterministic: Sequence[str] = ()) -> dict:
   """Evaluate models and write results.json, results.md, roc_vertebra.png, roc_patient.png.
 
-  models: name -> predictions table or list of tables (one per seed). Returns the summary.
+  models: name -> predictions table or list of tables (one per seed); deterministic: as in
+  summarize. Returns the summary.
   """
-  summary = summarize(models, split, base)
+  summary = summarize(models, split, base, deterministic)
   os.makedirs(out_dir, exist_ok=True)
   io.atomic_write_text(os.path.join(out_dir, 'results.json'),
                        json.dumps(summary, indent=1, allow_nan=False))

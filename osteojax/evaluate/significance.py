@@ -127,11 +127,15 @@ def _paired(base: pd.DataFrame, other: pd.DataFrame, key: str, what: str) -> pd.
 
 
 def compare_models(base: Sequence[pd.DataFrame], other: Sequence[pd.DataFrame],
-                   split: str = 'test', site_groups=None) -> pd.DataFrame:
+                   split: str = 'test', site_groups=None, base_deterministic: bool = False,
+                   other_deterministic: bool = False) -> pd.DataFrame:
   """Paired tests of `other` against `base` (lists of predictions tables, one per seed).
 
-  Seeds are paired by position (seed i of one with seed i of the other); a side with a single
-  table (a deterministic baseline) is paired with every seed of the other. Per (level, site):
+  Seeds are paired by position (seed i of one with seed i of the other). A side declared
+  deterministic (a baseline, the oracle: the same table every seed) with a single table is
+  paired with every seed of the other; a single table of a stochastic model pairs with the
+  other side's first seed only, so n_seeds is 1 and the t-tests are NaN (one run says nothing
+  about the spread over seeds). Per (level, site):
   ttest_{acc,f1,auc}_p: paired t-test across seeds of that metric (its mean_diff is other -
   base, in ttest_f1_diff etc.); delong_p, mcnemar_p: median over seeds of the per-seed DeLong
   and McNemar p-values, with the per-seed values in delong_ps, mcnemar_ps. Thresholds are each
@@ -140,10 +144,9 @@ def compare_models(base: Sequence[pd.DataFrame], other: Sequence[pd.DataFrame],
   site_groups = site_groups or diagnosis.SITE_GROUPS
   base = [diagnosis.check_predictions(p, f'base seed {i}') for i, p in enumerate(base)]
   other = [diagnosis.check_predictions(p, f'model seed {i}') for i, p in enumerate(other)]
-  # A deterministic model (one "seed": a baseline, the oracle) pairs with every seed.
-  if len(base) == 1 and len(other) > 1:
+  if base_deterministic and len(base) == 1:
     base = base * len(other)
-  if len(other) == 1 and len(base) > 1:
+  if other_deterministic and len(other) == 1:
     other = other * len(base)
   k = min(len(base), len(other))
   ev_a = [diagnosis.evaluate(p, split, site_groups) for p in base[:k]]
