@@ -200,10 +200,11 @@ def curves(root: str, plan) -> str | None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from osteojax.train import lib
   fig, ax = plt.subplots(figsize=(7, 4))
   colours = {}
   for _, label, name, seed, *_ in plan:
-    path = os.path.join(root, name, 'validation.json')
+    path = os.path.join(root, name, lib.ValidationHistory.FILE)
     if not os.path.exists(path):
       continue
     with open(path, encoding='utf-8') as f:

@@ -30,12 +30,15 @@ spread is that of pre-training and fine-tuning together), or one seed-0 run shar
 transformer rows run once their fine-tuning learning rate (FINETUNE_LR) is chosen by
 recipe_choices.py --round encoders.
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
-skipped, interrupted ones resume from their checkpoints. Writes <out>/results.md, results.json,
+skipped, interrupted ones resume from their checkpoints, and a run whose config.json differs
+from the grid's values (another learning rate, loss, budget) stops the grid with one line. Writes <out>/results.md, results.json,
 results_compact.md, results_paper.md (the paper's Tables 2-5 in its row order),
 roc_vertebra.png, roc_patient.png (thresholds from validation only), validation_curves.png
 (validation AUC against epochs of every fine-tuning run) and prints the tables.
 """
 import argparse
+import json
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +53,7 @@ from osteojax.diagnosis import baselines, finetune  # noqa: E402
 from osteojax.data import io as dio  # noqa: E402
 from osteojax.data import task as data_task  # noqa: E402
 from osteojax.evaluate import diagnosis  # noqa: E402
+from osteojax.train import lib  # noqa: E402
 
 ROWS = {  # name: (pre-training: configs/<it>.py, '' none; weights cls/bmd/level, MoE, encoder)
     'scratch_class': ('', (1.0, 0.0, 0.0), False, 'resnet3d'),
@@ -144,6 +148,36 @@ def _main_cmd(config_file, arg, workdir, overrides):
            '--workdir', workdir] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
 
+def check_reuse(workdir: str, over: dict):
+  """SystemExit (one line) when workdir holds a run made with other values than `over` (dotted
+  config keys, as on the command line): a finished run is skipped and a partial one resumed, so
+  a run at another learning rate, loss or budget would otherwise enter the tables unseen. A
+  checkpoint path compares by its folder name (the results folder may have moved)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as fh:
+    saved = json.load(fh)
+  for key, want in over.items():
+    have = saved
+    for part in key.split('.'):
+      have = have.get(part) if isinstance(have, dict) else None
+    if have is None:
+      continue
+    if key.endswith('checkpoint'):
+      same = os.path.basename(os.path.normpath(str(have))) == os.path.basename(
+          os.path.normpath(str(want)))
+    elif isinstance(want, bool) or isinstance(have, bool):
+      same = bool(have) == bool(want)
+    elif isinstance(want, (int, float)):
+      same = math.isclose(float(have), float(want), rel_tol=1e-9)
+    else:
+      same = str(have) == str(want)
+    if not same:
+      raise SystemExit(f'error: {workdir}: made with {key}={have}, this grid asks {want}; move '
+                       'it aside (or delete it) to rerun, or name another --out')
+
+
 def _run(cmd, done_file):
   if os.path.exists(done_file):
     print(f'[grid] done already: {os.path.dirname(done_file)}', flush=True)
@@ -175,7 +209,6 @@ def validation_table(runs: str, rows, seeds) -> str:
 
 def plot_validation_curves(runs: str, rows, seeds, path: str):
   """Validation AUC against epochs, one panel per row, one line per seed."""
-  import json
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
@@ -185,7 +218,7 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
   for ax, row in zip(axes[0], rows):
     for seed in seeds:
       wd = os.path.join(runs, f'{row}_s{seed}')
-      if not os.path.exists(os.path.join(wd, 'validation.json')):
+      if not os.path.exists(os.path.join(wd, lib.ValidationHistory.FILE)):
         continue
       entries, k = finetune.read_validation(wd)
       with open(os.path.join(wd, 'config.json'), encoding='utf-8') as fh:
@@ -197,7 +230,8 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
     ax.set(title=row, xlabel='epoch')
     ax.title.set_fontsize(8)
   axes[0][0].set_ylabel('validation vertebra AUC')
-  axes[0][-1].legend(fontsize=6)
+  if axes[0][-1].get_legend_handles_labels()[0]:
+    axes[0][-1].legend(fontsize=6)
   fig.suptitle('Fine-tuning: validation AUC per epoch (dot: the checkpoint kept)', fontsize=9)
   fig.tight_layout()
   with dio.atomic_path(path) as tmp:
@@ -235,6 +269,7 @@ def main():
       wd = os.path.join(runs, f'{method}{tag}_s{seed}')
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
+      check_reuse(wd, over)
       if not a.report_only:
         _run(_main_cmd(PRETRAIN_CONFIGS[method], a.arg, wd, over),
              os.path.join(wd, 'PRETRAIN_DONE'))
@@ -257,6 +292,7 @@ def main():
       if a.finetune_epochs:
         over['epochs'] = a.finetune_epochs
       pred_path = os.path.join(wd, finetune.PREDICTIONS)
+      check_reuse(wd, over)
       if not a.report_only:
         _run(_main_cmd('finetune.py', a.arg, wd, over), pred_path)
       if os.path.exists(pred_path):
