@@ -13,7 +13,9 @@ convolution implementation (models/resnet3d.Conv3D: 'lax' is XLA's convolution, 
 'im2col' the matrix-product / space-to-depth form, 'auto' picks per backend), with each one's
 speed-up over 'lax' at the same widths and size (measured in this run). Swin-T, ViT and
 nnFormer have no convolution choice; 'slim' is each one's CPU variant (configs/tp_swav.py),
-'full' its paper size (Swin-UNETR's encoder, ViT-B, nnFormer's `:paper` encoder).
+'full' its paper size (Swin-UNETR's encoder, ViT-B, nnFormer's `:paper` encoder); with
+resnet3d in --encoders, each gets speed_vs_resnet3d: the ResNet's (fastest convolution) step
+time over its own, same widths class and input, in this run.
 """
 import argparse
 import json
@@ -88,19 +90,25 @@ def main():
   widths['both'] = widths['slim'] + widths['full']
   runs = []
   for s in a.sizes:
-    for enc in [e for e in a.encoders if e != 'resnet3d']:
-      for w in (['slim', 'full'] if a.widths == 'both' else [a.widths]):
-        r = bench(w, s, a.batch, a.steps, encoder=enc)
-        print(json.dumps(r), file=sys.stderr, flush=True)      # progress
-        runs.append(r)
-    for w in (widths[a.widths] if 'resnet3d' in a.encoders else []):
+    resnet = {}         # widths name -> the ResNet's best step time here, the other encoders' reference
+    for name, w in zip(['slim', 'full'] if a.widths == 'both' else [a.widths], widths[a.widths]):
+      if 'resnet3d' not in a.encoders:
+        break
       ref = None
       for conv in a.conv:
-        r = bench(w, s, a.batch, a.steps, conv)
+        r = dict(encoder='resnet3d', **bench(w, s, a.batch, a.steps, conv))
         if conv == 'lax':
           ref = r['step_s']
         if ref is not None and conv != 'lax':
           r['speedup_vs_lax'] = round(ref / r['step_s'], 2)
+        resnet[name] = min(resnet.get(name, r['step_s']), r['step_s'])
+        print(json.dumps(r), file=sys.stderr, flush=True)      # progress
+        runs.append(r)
+    for enc in [e for e in a.encoders if e != 'resnet3d']:
+      for w in (['slim', 'full'] if a.widths == 'both' else [a.widths]):
+        r = bench(w, s, a.batch, a.steps, encoder=enc)
+        if w in resnet:   # > 1: faster than the ResNet34-3D of the same size class, same input
+          r['speed_vs_resnet3d'] = round(resnet[w] / r['step_s'], 2)
         print(json.dumps(r), file=sys.stderr, flush=True)      # progress
         runs.append(r)
   print(json.dumps(dict(runs=runs, devices=jax.device_count(),
