@@ -184,10 +184,10 @@ def main(argv=None):
           f'default\'s steps, the checkpoint of best validation mean rank. Mean ± sd over '
           f'seeds (model init, batch order, augmentation; the data is fixed).\n')
   os.makedirs(args.root, exist_ok=True)
-  with open(os.path.join(args.root, 'align_tables.md'), 'w', encoding='utf-8') as f:
-    f.write(head + '\n' + '\n'.join(lines))
-  with open(os.path.join(args.root, 'align_tables.json'), 'w', encoding='utf-8') as f:
-    json.dump(dict(steps=args.steps, shift_px=args.shift_px, tables=table_json), f, indent=1)
+  from osteojax.data import io as dio
+  dio.atomic_write_text(os.path.join(args.root, 'align_tables.md'), head + '\n' + '\n'.join(lines))
+  dio.atomic_write_text(os.path.join(args.root, 'align_tables.json'), json.dumps(
+      dict(steps=args.steps, shift_px=args.shift_px, tables=table_json), indent=1))
   if 'recipe' in tables:
     curves(args.root, [r for r in plan if r[0] == 'recipe'])
   print(head + '\n' + '\n'.join(lines))

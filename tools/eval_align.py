@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from osteojax.data.io import OsteoDataError, run_cli  # noqa: E402
+from osteojax.data.io import OsteoDataError, atomic_write_text, run_cli  # noqa: E402
 
 
 def main(argv=None):
@@ -36,11 +36,9 @@ def main(argv=None):
       raise OsteoDataError(w, str(e)) from None
   if args.table:
     os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
-    with open(args.table, 'w', encoding='utf-8') as f:
-      f.write(retrieval.HEADER + '\n')
-      for r in rows:
-        f.write(retrieval.markdown_row(os.path.basename(os.path.normpath(r['workdir'])),
-                                      r['metrics']) + '\n')
+    atomic_write_text(args.table, ''.join(
+        [retrieval.HEADER + '\n'] + [retrieval.markdown_row(
+            os.path.basename(os.path.normpath(r['workdir'])), r['metrics']) + '\n' for r in rows]))
   return 0
 
 

@@ -41,6 +41,7 @@ import sys
 
 import numpy as np
 
+from osteojax.data import io as dio
 from osteojax.diagnosis import finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,7 +196,8 @@ def main():
   makers = ('hologic', 'ge_lunar', 'medix')
   lines = ['| variant | what changes | readout | seeds | validation AUC, kept epoch | '
            'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |'
-           + (' validation BMD bias, Hologic / Lunar / MEDIX (g/cm²) |' if bias else ''),
+           + (' validation BMD bias at the run\'s kept checkpoint, Hologic / Lunar / MEDIX '
+              '(g/cm²) |' if bias else ''),
            '|---|---|---|---|---|---|---|---|' + ('---|' if bias else '')]
   for (name, readout), rs in res.items():
     mae = [r['bmd_mae'] for r in rs if r['bmd_mae'] is not None]
@@ -209,10 +211,9 @@ def main():
     lines.append(line)
   text = '\n'.join(lines) + '\n'
   os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, 'recipe.md'), 'w', encoding='utf-8') as f:
-    f.write(text)
-  with open(os.path.join(a.out, 'recipe.json'), 'w', encoding='utf-8') as f:
-    json.dump({f'{n}/{r or "prob"}': v for (n, r), v in res.items()}, f, indent=1)
+  dio.atomic_write_text(os.path.join(a.out, 'recipe.md'), text)
+  dio.atomic_write_text(os.path.join(a.out, 'recipe.json'), json.dumps(
+      {f'{n}/{r or "prob"}': v for (n, r), v in res.items()}, indent=1))
   print(text)
 
 

@@ -29,7 +29,7 @@ from osteojax.align import bodysim_registration as br
 from osteojax.align import mi, register, transfer
 from osteojax.align import encoders, pairs
 from osteojax.data import bodysim
-from osteojax.data.io import OsteoDataError, run_cli
+from osteojax.data.io import OsteoDataError, atomic_write_text, run_cli
 
 METHODS = ('dense', 'salient', 'mi')
 
@@ -123,8 +123,7 @@ def main(argv=None):
              transform_px=(_rigid_json(t_mm.to_px(ds), 'px') if np.isclose(ds, ms, rtol=1e-6)
                            else None),   # MRI pixel -> DXA pixel; only for equal spacings
              spacing_mm=dict(dxa=ds, mri=ms, aligner=s), seconds=seconds)
-  with open(os.path.join(args.out, 'transform.json'), 'w', encoding='utf-8') as f:
-    json.dump(res, f, indent=1)
+  atomic_write_text(os.path.join(args.out, 'transform.json'), json.dumps(res, indent=1))
   moved = transfer.resample(mri_raw, ms, t_mm.inverse(), dxa_raw.shape[:2], ds)
   img = sitk.GetImageFromArray(moved.astype(np.float32), isVector=moved.ndim == 3)
   img.SetSpacing((ds, ds))

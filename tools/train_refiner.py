@@ -14,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from osteojax.align import refine
+from osteojax.data.io import atomic_write_text
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -26,8 +27,8 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(FLAGS.config.to_json_best_effort(indent=1))
+  atomic_write_text(os.path.join(FLAGS.workdir, 'config.json'),
+                    FLAGS.config.to_json_best_effort(indent=1))
   refine.run(FLAGS.config, FLAGS.workdir)
 
 
