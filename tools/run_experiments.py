@@ -134,8 +134,8 @@ def paper_tables(summary: dict) -> str:
 # rows keep configs/finetune.py's. TP-SwAV on a transformer pre-trains at the paper's 1e-4
 # (configs/swinmm.py and alice.py use it too; 1e-3 made the Swin-T TP-SwAV loss rise).
 # Round 'encoders', seed 0, the rule of the other rounds (highest validation AUC at the kept
-# epoch, then the last-half mean): Swin-T 1e-4 (0.887; 3e-4 0.872, 1e-3 0.853; before the
-# patch embedding's PyTorch bias init of a5b77b0, rerun since), ViT 1e-3 (0.871; 3e-4 0.864,
+# epoch, then the last-half mean): Swin-T 1e-4 (0.878; 3e-4 0.874, 1e-3 0.872, each kept at
+# epoch 1-2; at a5b77b0's patch-embedding init, as before it: 0.887, 0.872, 0.853), ViT 1e-3 (0.871; 3e-4 0.864,
 # 1e-4 0.867), nnFormer 3e-4 (0.888; 1e-4 0.878, 1e-3 0.851, falling to 0.555 over its last half).
 FINETUNE_LR = {'swin3d': 1e-4, 'vit3d': 1e-3, 'nnformer3d': 3e-4}
 PRETRAIN_LR = {('tp_swav', 'swin3d'): 1e-4, ('tp_swav', 'vit3d'): 1e-4,
