@@ -27,23 +27,40 @@ def test_paper_tables_name_grid_rows_with_the_papers_labels():
 
 
 def test_a_run_made_with_other_values_is_not_reused(tmp_path):
-  """A finished or partial run whose saved config differs from the grid's values stops the grid
-  with one line; one that agrees (a checkpoint compared by folder name) goes on."""
+  """A finished or partial run whose saved config differs from the one the grid would give it
+  (an override or a default of the config file) stops the grid with one line; one that agrees
+  goes on: a checkpoint compared by folder name, bookkeeping keys and keys the saved config
+  lacks are not compared."""
   import json
   import pytest
   t = _tool()
-  wd = tmp_path / 'swin_scratch_class_s0'
-  wd.mkdir()
-  (wd / 'config.json').write_text(json.dumps(
-      {'seed': 0, 'optim': {'lr': 1e-4}, 'head': {'moe': False},
-       'init': {'checkpoint': '/elsewhere/runs/tp_swav_s0'}}))
-  t.check_reuse(str(wd), {'seed': 0, 'optim.lr': 1e-4, 'head.moe': False,
-                          'init.checkpoint': str(tmp_path / 'runs' / 'tp_swav_s0'),
-                          'loss.level': 0.5})           # a key the saved config lacks: skipped
-  t.check_reuse(str(tmp_path / 'not_run'), {'optim.lr': 3e-4})
-  for over, said in (({'optim.lr': 3e-4}, 'optim.lr=0.0001, this grid asks 0.0003'),
-                     ({'head.moe': True}, 'head.moe=False'),
-                     ({'init.checkpoint': '/x/swav_s0'}, 'init.checkpoint=/elsewhere')):
+  over = {'seed': 0, 'optim.lr': 1e-4, 'head.moe': False, 'model.name': 'swin3d',
+          'init.checkpoint': str(tmp_path / 'runs' / 'tp_swav_s0')}
+  flat = t.expected_config('finetune.py', '', over)
+  assert flat['optim.lr'] == 1e-4 and flat['model.name'] == 'swin3d' and flat['seed'] == 0
+
+  def saved(**edits):
+    d = {**flat, 'init.checkpoint': '/elsewhere/runs/tp_swav_s0', **edits}
+    d.pop('loss.level')                          # a key added since that run: not compared
+    nested = {}
+    for k, v in d.items():
+      *path, last = k.split('.')
+      node = nested
+      for p in path:
+        node = node.setdefault(p, {})
+      node[last] = v
+    wd = tmp_path / 'run'
+    wd.mkdir(exist_ok=True)
+    (wd / 'config.json').write_text(json.dumps(nested))
+    return str(wd)
+
+  t.check_reuse(saved(), 'finetune.py', '', over)
+  t.check_reuse(saved(log_every=3), 'finetune.py', '', over)          # bookkeeping
+  t.check_reuse(str(tmp_path / 'not_run'), 'finetune.py', '', over)
+  for edits, said in (({'optim.lr': 3e-4}, 'optim.lr=0.0003, this grid asks 0.0001'),
+                      ({'head.moe': True}, 'head.moe=True'),
+                      ({'epochs': flat['epochs'] + 1}, 'epochs='),     # a default changed since
+                      ({'init.checkpoint': '/x/swav_s0'}, 'init.checkpoint=/x/swav_s0')):
     with pytest.raises(SystemExit, match=said) as e:
-      t.check_reuse(str(wd), over)
+      t.check_reuse(saved(**edits), 'finetune.py', '', over)
     assert '\n' not in str(e.value)

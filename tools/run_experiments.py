@@ -31,7 +31,8 @@ transformer rows run once their fine-tuning learning rate (FINETUNE_LR) is chose
 recipe_choices.py --round encoders.
 Every run is `python -m osteojax.main ...` in <out>/runs/<row>_s<seed>; finished runs are
 skipped, interrupted ones resume from their checkpoints, and a run whose config.json differs
-from the grid's values (another learning rate, loss, budget) stops the grid with one line. Writes <out>/results.md, results.json,
+from the config the grid would give it (another learning rate, loss, budget, or a default
+changed since) stops the grid with one line. Writes <out>/results.md, results.json,
 results_compact.md, results_paper.md (the paper's Tables 2-5 in its row order),
 roc_vertebra.png, roc_patient.png (thresholds from validation only), validation_curves.png
 (validation AUC against epochs of every fine-tuning run) and prints the tables.
@@ -148,34 +149,59 @@ def _main_cmd(config_file, arg, workdir, overrides):
            '--workdir', workdir] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
 
-def check_reuse(workdir: str, over: dict):
-  """SystemExit (one line) when workdir holds a run made with other values than `over` (dotted
-  config keys, as on the command line): a finished run is skipped and a partial one resumed, so
-  a run at another learning rate, loss or budget would otherwise enter the tables unseen. A
-  checkpoint path compares by its folder name (the results folder may have moved)."""
+BOOKKEEPING = ('log_every', 'ckpt_every', 'keep_checkpoints', 'data.workers')   # no effect on results
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _same(key: str, have, want) -> bool:
+  if key.endswith('checkpoint') and have and want:   # the results folder may have moved
+    return os.path.basename(os.path.normpath(str(have))) == os.path.basename(
+        os.path.normpath(str(want)))
+  if isinstance(have, bool) or isinstance(want, bool):
+    return bool(have) == bool(want)
+  if isinstance(have, (int, float)) and isinstance(want, (int, float)):
+    return math.isclose(float(have), float(want), rel_tol=1e-9)
+  return have == want
+
+
+def expected_config(config_file: str, arg: str, over: dict) -> dict:
+  """The flat config (dotted keys) a run of the grid gets: configs/<config_file> at `arg` with
+  the grid's overrides, as the command line would set them."""
+  import importlib
+  c = importlib.import_module(os.path.splitext(config_file)[0]).get_config(arg or None)
+  for key, value in over.items():
+    *path, last = key.split('.')
+    node = c
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return _flat(json.loads(c.to_json_best_effort()))
+
+
+def check_reuse(workdir: str, config_file: str, arg: str, over: dict):
+  """SystemExit (one line) when workdir holds a run made with another config than the grid's
+  (config file + overrides): a finished run is skipped and a partial one resumed, so a run at
+  another learning rate, loss, budget or changed default would otherwise enter the tables
+  unseen. Keys the saved config lacks (added since) and BOOKKEEPING are not compared; a
+  checkpoint path compares by its folder name."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
   with open(path, encoding='utf-8') as fh:
-    saved = json.load(fh)
-  for key, want in over.items():
-    have = saved
-    for part in key.split('.'):
-      have = have.get(part) if isinstance(have, dict) else None
-    if have is None:
-      continue
-    if key.endswith('checkpoint'):
-      same = os.path.basename(os.path.normpath(str(have))) == os.path.basename(
-          os.path.normpath(str(want)))
-    elif isinstance(want, bool) or isinstance(have, bool):
-      same = bool(have) == bool(want)
-    elif isinstance(want, (int, float)):
-      same = math.isclose(float(have), float(want), rel_tol=1e-9)
-    else:
-      same = str(have) == str(want)
-    if not same:
-      raise SystemExit(f'error: {workdir}: made with {key}={have}, this grid asks {want}; move '
-                       'it aside (or delete it) to rerun, or name another --out')
+    saved = _flat(json.load(fh))
+  for key, want in expected_config(config_file, arg, over).items():
+    if key in saved and key not in BOOKKEEPING and not _same(key, saved[key], want):
+      raise SystemExit(f'error: {workdir}: made with {key}={saved[key]}, this grid asks '
+                       f'{want}; move it aside (or delete it) to rerun, or name another --out')
 
 
 def _run(cmd, done_file):
@@ -269,7 +295,7 @@ def main():
       wd = os.path.join(runs, f'{method}{tag}_s{seed}')
       if a.pretrain_epochs:
         over['epochs'] = a.pretrain_epochs
-      check_reuse(wd, over)
+      check_reuse(wd, PRETRAIN_CONFIGS[method], a.arg, over)
       if not a.report_only:
         _run(_main_cmd(PRETRAIN_CONFIGS[method], a.arg, wd, over),
              os.path.join(wd, 'PRETRAIN_DONE'))
@@ -292,7 +318,7 @@ def main():
       if a.finetune_epochs:
         over['epochs'] = a.finetune_epochs
       pred_path = os.path.join(wd, finetune.PREDICTIONS)
-      check_reuse(wd, over)
+      check_reuse(wd, 'finetune.py', a.arg, over)
       if not a.report_only:
         _run(_main_cmd('finetune.py', a.arg, wd, over), pred_path)
       if os.path.exists(pred_path):
