@@ -319,6 +319,7 @@ def test_main_bad_config_value_is_one_line(tmp_path):
             "unknown config.loss.class_weight 'bogus'"),
            ('configs/tp_swav.py', '--config.views=bogus', "unknown config.views 'bogus'"),
            ('configs/swinmm.py', '--config.swinmm.mask_patch=3', 'mask_patch 3 must divide'),
+           ('configs/swinmm.py', '--config.model.name=resnet3d', 'must be swin3d'),
            ('configs/alice.py', '--config.alice.mask_ratio=1.5', 'alice.mask_ratio must lie')]
   for i, (cfg, flag, expect) in enumerate(cases):
     work = tmp_path / f'run{i}'

@@ -127,7 +127,7 @@ def test_paper_table_rows_stars_and_missing_rows():
   assert lines[0] == '| model | pre-training | loss | seeds | F1 A | AUC internal |'
   assert lines[2] == '| M | / | class | 3 | 50.0 ± 2.0 ** | 0.900 ± 0.020 |'
   assert lines[3] == '| G | X | class | 0 | - | - |'          # not run: kept, empty
-  assert lines[4] == '| O | / | class | 1 | 60.0 | 0.900 |'    # one seed: no test (summarize)
+  assert lines[4] == '| O | / | class | 1 | 60.0 | 0.900 |'    # no p (summarize gives none)
   assert lines[5] == '| R | - | - | 1 | 40.0 * | 0.900 |'     # a baseline: tested
   assert lines[6] == '| B | TP | unified | 3 | 80.0 ± 1.0 (base) | 0.900 ± 0.010 |'
 

@@ -59,6 +59,7 @@ def test_a_run_made_with_other_values_is_not_reused(tmp_path):
   t.check_reuse(str(tmp_path / 'not_run'), 'finetune.py', '', over)
   for edits, said in (({'optim.lr': 3e-4}, 'optim.lr=0.0003, this grid asks 0.0001'),
                       ({'head.moe': True}, 'head.moe=True'),
+                      ({'head.moe': 0}, 'head.moe=0'),             # a number is not a bool
                       ({'epochs': flat['epochs'] + 1}, 'epochs='),     # a default changed since
                       ({'init.checkpoint': '/x/swav_s0'}, 'init.checkpoint=/x/swav_s0')):
     with pytest.raises(SystemExit, match=said) as e:

@@ -123,6 +123,8 @@ def test_compare_models_pairs_on_roi_ids():
   # with the first seed only, and gets no t-test.
   one = significance.compare_models(base[:1], other, base_deterministic=True)
   assert one.n_seeds.iloc[0] == 3 and len(one.delong_ps.iloc[0]) == 3
+  two = significance.compare_models(base[:2], other, base_deterministic=True)
+  assert two.n_seeds.iloc[0] == 3                      # its first table stands for every seed
   assert np.isfinite(one[one.site == 'all'].ttest_auc_p).all()
   single = significance.compare_models(base, other[:1])
   assert (single.n_seeds == 1).all() and np.isnan(single.ttest_auc_p).all()

@@ -127,7 +127,8 @@ def paper_tables(summary: dict) -> str:
     parts.append(f'{title}: F1 (%) per site, test split, mean ± SD over seeds, threshold by '
                  f"Youden's J on validation; stars: paired t-test across seeds against "
                  f'{summary.get("base", "-")} (* p < 0.05, ** < 0.01, *** < 0.001); AUC on the '
-                 f'internal sites A-C; no stars for a row of one seed.\n\n'
+                 f'internal sites A-C; no stars for a stochastic row of one seed (a baseline, '
+                 f'the same every seed, pairs with each).\n\n'
                  + diagnosis.paper_table(summary, rows, level))
   return '\n\n'.join(parts) + '\n'
 # Fine-tuning learning rate of the transformer encoders, chosen on validation by
@@ -136,7 +137,8 @@ def paper_tables(summary: dict) -> str:
 # (configs/swinmm.py and alice.py use it too; 1e-3 made the Swin-T TP-SwAV loss rise).
 # Round 'encoders', seed 0, the rule of the other rounds (highest validation AUC at the kept
 # epoch, then the last-half mean): Swin-T 1e-4 (0.878; 3e-4 0.874, 1e-3 0.872, each kept at
-# epoch 1-2; at a5b77b0's patch-embedding init, as before it: 0.887, 0.872, 0.853), ViT 1e-3 (0.871; 3e-4 0.864,
+# epoch 1-2, at a5b77b0's patch-embedding init; before it 0.887, 0.872, 0.853), ViT 1e-3 (0.871;
+# 3e-4 0.864,
 # 1e-4 0.867), nnFormer 3e-4 (0.888; 1e-4 0.878, 1e-3 0.851, falling to 0.555 over its last half).
 FINETUNE_LR = {'swin3d': 1e-4, 'vit3d': 1e-3, 'nnformer3d': 3e-4}
 PRETRAIN_LR = {('tp_swav', 'swin3d'): 1e-4, ('tp_swav', 'vit3d'): 1e-4,
@@ -149,7 +151,8 @@ def _main_cmd(config_file, arg, workdir, overrides):
            '--workdir', workdir] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
 
-BOOKKEEPING = ('log_every', 'ckpt_every', 'keep_checkpoints', 'data.workers')   # no effect on results
+# Config keys with no effect on results, left out of the reuse check
+BOOKKEEPING = ('log_every', 'ckpt_every', 'keep_checkpoints', 'data.workers')
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
@@ -166,8 +169,10 @@ def _same(key: str, have, want) -> bool:
   if key.endswith('checkpoint') and have and want:   # the results folder may have moved
     return os.path.basename(os.path.normpath(str(have))) == os.path.basename(
         os.path.normpath(str(want)))
-  if isinstance(have, bool) or isinstance(want, bool):
-    return bool(have) == bool(want)
+  if isinstance(have, bool) and isinstance(want, bool):
+    return have == want
+  if isinstance(have, bool) or isinstance(want, bool):       # a bool against a number or a name
+    return False
   if isinstance(have, (int, float)) and isinstance(want, (int, float)):
     return math.isclose(float(have), float(want), rel_tol=1e-9)
   return have == want

@@ -116,6 +116,9 @@ def check_config(config):
   """ConfigError unless the ROI (config.data.roi_shape, [D, H, W]) suits the views, masks and
   decoder and the loss weights are named."""
   c, s, roi_shape = config.swinmm, config.model.swin, tuple(config.data.roi_shape)
+  if config.model.name != 'swin3d':
+    raise ConfigError(f'SwinMM pre-trains the Swin-T: config.model.name must be swin3d, got '
+                      f'{config.model.name!r}')
   if s.patch_size & (s.patch_size - 1):
     raise ConfigError(f'SwinMM decoder: model.swin.patch_size must be a power of 2, got '
                       f'{s.patch_size}')
@@ -138,9 +141,7 @@ def check_config(config):
 
 
 def build_model(config) -> SwinMMModel:
-  if config.model.name != 'swin3d':
-    raise ConfigError(f'SwinMM pre-trains the Swin-T: config.model.name must be swin3d, got '
-                      f'{config.model.name!r}')
+  check_config(config)
   return SwinMMModel(models.encoder_from_config(config.model),
                      ReconstructionDecoder(num_upsamplings(config.model.swin)),
                      config.swinmm.contrast_dim)

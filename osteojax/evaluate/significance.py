@@ -135,7 +135,8 @@ def compare_models(base: Sequence[pd.DataFrame], other: Sequence[pd.DataFrame],
   deterministic (a baseline, the oracle: the same table every seed) with a single table is
   paired with every seed of the other; a single table of a stochastic model pairs with the
   other side's first seed only, so n_seeds is 1 and the t-tests are NaN (one run says nothing
-  about the spread over seeds). Per (level, site):
+  about the spread over seeds). Sides of 2 and 3 seeds pair their first two (by position, not
+  by seed number). Per (level, site):
   ttest_{acc,f1,auc}_p: paired t-test across seeds of that metric (its mean_diff is other -
   base, in ttest_f1_diff etc.); delong_p, mcnemar_p: median over seeds of the per-seed DeLong
   and McNemar p-values, with the per-seed values in delong_ps, mcnemar_ps. Thresholds are each
@@ -144,10 +145,10 @@ def compare_models(base: Sequence[pd.DataFrame], other: Sequence[pd.DataFrame],
   site_groups = site_groups or diagnosis.SITE_GROUPS
   base = [diagnosis.check_predictions(p, f'base seed {i}') for i, p in enumerate(base)]
   other = [diagnosis.check_predictions(p, f'model seed {i}') for i, p in enumerate(other)]
-  if base_deterministic and len(base) == 1:
-    base = base * len(other)
-  if other_deterministic and len(other) == 1:
-    other = other * len(base)
+  if base_deterministic:                   # the same table every seed: its first stands for all
+    base = base[:1] * len(other)
+  if other_deterministic:
+    other = other[:1] * len(base)
   k = min(len(base), len(other))
   ev_a = [diagnosis.evaluate(p, split, site_groups) for p in base[:k]]
   ev_b = [diagnosis.evaluate(p, split, site_groups) for p in other[:k]]
