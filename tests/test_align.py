@@ -212,3 +212,27 @@ def test_every_config_argument_builds_and_scales():
   assert got[None]['pools'] == 1 and got[None]['cell_mm'] == pytest.approx(17.6)
   assert got[None]['receptive_field_px'] == 30
   assert got['legacy']['pools'] == 3 and got['legacy']['stride_px'] == 8
+
+
+def test_align_tables_report_the_reference_beside_every_table(tmp_path):
+  """--report-only collects finished runs into align_tables.md: each table gets the keypoint
+  reference line and an R@1 / reference column (the retrieval ceiling of the same pairs)."""
+  import json
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import align_tables
+  metrics = dict.fromkeys(align_tables.KEYS, 0.5)
+  for name, r1 in (('B_F_seed0', 0.4), ('B_F_seed1', 0.6)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'eval_test.json').write_text(json.dumps(dict(
+        metrics={**metrics, 'recall@1': r1}, seed=int(name[-1]), n=100,
+        reference={'recall@1': 0.8, 'recall@5': 0.9, 'mean_rank': 1.5},
+        recall1_fraction_of_reference=r1 / 0.8)))
+  assert align_tables.main(['--root', str(tmp_path), '--seeds', '0,1', '--tables', 'channels',
+                            '--report-only']) in (None, 0)
+  md = (tmp_path / 'align_tables.md').read_text()
+  assert 'Reference (keypoint geometry of the truth on the pixel grid, same pairs): R@1 80.0 %' in md
+  row = next(line for line in md.splitlines() if line.startswith('| B_F |'))
+  assert row.split(' | ')[2] == '50.0 ± 14.1'                   # R@1 % over the two seeds
+  assert row.rstrip(' |').split(' | ')[-1] == '62.5 ± 17.7'      # R@1 / reference %
+  table = json.loads((tmp_path / 'align_tables.json').read_text())
+  assert np.allclose(table['tables']['channels']['B_F']['fraction_of_reference'], [0.5, 0.75])
