@@ -229,10 +229,10 @@ def test_align_tables_report_the_reference_beside_every_table(tmp_path):
         recall1_fraction_of_reference=r1 / 0.8)))
   assert align_tables.main(['--root', str(tmp_path), '--seeds', '0,1', '--tables', 'channels',
                             '--report-only']) in (None, 0)
-  md = (tmp_path / 'align_tables.md').read_text()
+  md = (tmp_path / 'align_tables.md').read_text(encoding='utf-8')
   assert 'Reference (keypoint geometry of the truth on the pixel grid, same pairs): R@1 80.0 %' in md
   row = next(line for line in md.splitlines() if line.startswith('| B_F |'))
   assert row.split(' | ')[2] == '50.0 ± 14.1'                   # R@1 % over the two seeds
   assert row.rstrip(' |').split(' | ')[-1] == '62.5 ± 17.7'      # R@1 / reference %
-  table = json.loads((tmp_path / 'align_tables.json').read_text())
+  table = json.loads((tmp_path / 'align_tables.json').read_text(encoding='utf-8'))
   assert np.allclose(table['tables']['channels']['B_F']['fraction_of_reference'], [0.5, 0.75])
