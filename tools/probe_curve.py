@@ -54,13 +54,7 @@ def _parse_value(v: str):
 def _config(method, arg, seed, epochs, every, sets):
   c = CONFIGS[method].get_config(arg or None)
   c.seed, c.epochs, c.ckpt_every, c.keep_checkpoints = seed, epochs, every, 100000
-  for kv in sets:
-    k, v = kv.split('=', 1)
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = _parse_value(v)
+  c.update_from_flattened_dict({k: _parse_value(v) for k, v in (kv.split('=', 1) for kv in sets)})
   return c
 
 

@@ -138,8 +138,7 @@ def paper_tables(summary: dict) -> str:
 # Round 'encoders', seed 0, the rule of the other rounds (highest validation AUC at the kept
 # epoch, then the last-half mean): Swin-T 1e-4 (0.878; 3e-4 0.874, 1e-3 0.872, each kept at
 # epoch 1-2, at a5b77b0's patch-embedding init; before it 0.887, 0.872, 0.853), ViT 1e-3 (0.871;
-# 3e-4 0.864,
-# 1e-4 0.867), nnFormer 3e-4 (0.888; 1e-4 0.878, 1e-3 0.851, falling to 0.555 over its last half).
+# 3e-4 0.864, 1e-4 0.867), nnFormer 3e-4 (0.888; 1e-4 0.878, 1e-3 0.851, falling to 0.555 over its last half).
 FINETUNE_LR = {'swin3d': 1e-4, 'vit3d': 1e-3, 'nnformer3d': 3e-4}
 PRETRAIN_LR = {('tp_swav', 'swin3d'): 1e-4, ('tp_swav', 'vit3d'): 1e-4,
                ('tp_swav', 'nnformer3d'): 1e-4}
@@ -183,12 +182,7 @@ def expected_config(config_file: str, arg: str, over: dict) -> dict:
   the grid's overrides, as the command line would set them."""
   import importlib
   c = importlib.import_module(os.path.splitext(config_file)[0]).get_config(arg or None)
-  for key, value in over.items():
-    *path, last = key.split('.')
-    node = c
-    for part in path:
-      node = node[part]
-    node[last] = value
+  c.update_from_flattened_dict(over)
   return _flat(json.loads(c.to_json_best_effort()))
 
 

@@ -219,8 +219,7 @@ def make_loss_fn(config, model):
 
 def run(config, workdir: str):
   """Pre-train the Swin-T with SwinMM on the unlabeled vertebrae; checkpoints + TensorBoard."""
-  model = build_model(config)                          # checks the encoder before any data
-  check_config(config)
+  model = build_model(config)                          # checks the config before any data
   pools, steps_per_epoch, total, optim = pretrain.unlabeled_pools(config)
   n = len(pools)
   state = init_state(config, model, pools.shape[2:], optim, total)
