@@ -65,3 +65,36 @@ def test_a_run_made_with_other_values_is_not_reused(tmp_path):
     with pytest.raises(SystemExit, match=said) as e:
       t.check_reuse(saved(**edits), 'finetune.py', '', over)
     assert '\n' not in str(e.value)
+
+
+def test_a_run_started_by_the_grids_own_command_line_is_reused(tmp_path):
+  """The saved config of a run launched by the grid's command line (parsed by osteojax.main's
+  config flag, saved as tasks.run saves it) passes the reuse check, and the same command at
+  another rate does not: the check and the launcher agree on every override's type."""
+  import pytest
+  from absl import flags
+  from ml_collections import config_flags
+  t = _tool()
+
+  def launch(config_file, over, workdir):
+    argv = ['osteojax.main'] + t._main_cmd(config_file, '', str(workdir), over)[3:]
+    fv = flags.FlagValues()                         # what `python -m osteojax.main` parses
+    config_flags.DEFINE_config_file('config', None, 'Config file.', flag_values=fv,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_string('workdir', None, 'Outputs.', flag_values=fv)
+    fv(argv)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(fv.config.to_json_best_effort(indent=1))
+    return str(workdir)
+
+  ck = str(tmp_path / 'runs' / 'tp_swav_swin3d_lr0.0001_s1')
+  rows = [('finetune.py', {'seed': 1, 'loss.cls': 1.0, 'loss.bmd': 0.0, 'loss.level': 0.0,
+                           'head.moe': False, 'model.name': 'swin3d', 'optim.lr': 1e-4,
+                           'score': 'prob', 'init.checkpoint': ck}),
+          ('tp_swav.py', {'seed': 2, 'model.name': 'swin3d', 'optim.lr': 1e-4}),
+          ('alice.py', {'seed': 0, 'model.name': 'nnformer3d'})]
+  for i, (config_file, over) in enumerate(rows):
+    wd = launch(config_file, over, tmp_path / f'run{i}')
+    t.check_reuse(wd, config_file, '', over)
+    with pytest.raises(SystemExit, match='this grid asks'):
+      t.check_reuse(wd, config_file, '', {**over, 'seed': over['seed'] + 1})
