@@ -136,11 +136,11 @@ def main(argv=None):
     cfg = 'configs/align.py' + (f':{arg}' if arg else '')
     cmd = [sys.executable, '-m', 'osteojax.main', '--config', cfg,
            '--workdir', work, f'--config.seed={seed}'] + sized + over
-    print(' '.join(cmd), flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding='utf-8', errors='replace')
     os.makedirs(args.root, exist_ok=True)
-    with open(os.path.join(args.root, f'{name}.log'), 'w', encoding='utf-8') as f:
-      f.write(r.stdout + r.stderr)
+    log = os.path.join(args.root, f'{name}.log')
+    print(' '.join(cmd) + f'\n  progress: {log}', flush=True)
+    with open(log, 'w', encoding='utf-8') as f:     # the run's own progress lines, as they come
+      r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     print(f'{name}: ' + (f'failed (see {name}.log)' if r.returncode
                          else f'{time.time() - t:.0f} s'), flush=True)
   done = {}
