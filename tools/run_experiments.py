@@ -232,15 +232,23 @@ def validation_table(runs: str, rows, seeds) -> str:
   return '\n'.join(lines)
 
 
+PANELS_PER_LINE = 7
+
+
 def plot_validation_curves(runs: str, rows, seeds, path: str):
-  """Validation AUC against epochs, one panel per row, one line per seed."""
+  """Validation AUC against epochs, one panel per row (at most PANELS_PER_LINE to a line),
+  one line per seed."""
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   from osteojax.data import io as dio
-  fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.8), sharey=True,
+  ncol = min(len(rows), PANELS_PER_LINE)
+  nrow = -(-len(rows) // ncol)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.6 * nrow + 0.3), sharey=True,
                            squeeze=False)
-  for ax, row in zip(axes[0], rows):
+  for ax in axes.flat[len(rows):]:
+    ax.set_visible(False)
+  for ax, row in zip(axes.flat, rows):
     for seed in seeds:
       wd = os.path.join(runs, f'{row}_s{seed}')
       if not os.path.exists(os.path.join(wd, lib.ValidationHistory.FILE)):
@@ -254,9 +262,11 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
       ax.plot(ep[k], auc[k], 'o', ms=4, c=line.get_color())
     ax.set(title=row, xlabel='epoch')
     ax.title.set_fontsize(8)
-  axes[0][0].set_ylabel('validation vertebra AUC')
-  if axes[0][-1].get_legend_handles_labels()[0]:
-    axes[0][-1].legend(fontsize=6)
+  for line in axes:
+    line[0].set_ylabel('validation vertebra AUC')
+  fullest = max(axes.flat[:len(rows)], key=lambda a: len(a.get_legend_handles_labels()[0]))
+  if fullest.get_legend_handles_labels()[0]:       # the panel with every seed names them
+    fullest.legend(fontsize=6)
   fig.suptitle('Fine-tuning: validation AUC per epoch (dot: the checkpoint kept)', fontsize=9)
   fig.tight_layout()
   with dio.atomic_path(path) as tmp:

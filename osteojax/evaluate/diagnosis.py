@@ -463,6 +463,9 @@ def _level_frame(pred, level, split):
   return d.site.to_numpy(), d.label.to_numpy(), d[score_column(d)].to_numpy()
 
 
+ROC_LEGEND_INSIDE = 8   # models whose AUC legend fits inside a panel; more go below it
+
+
 def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: str,
              level: str = 'vertebra', split: str = 'test', sites: Sequence[str] = SITES):
   """ROC curves on `split`, one panel per site, the models overlaid (the paper's Fig. 3).
@@ -476,11 +479,14 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
   from matplotlib import pyplot as plt
 
   grid = np.linspace(0, 1, 201)
-  fig, axes = plt.subplots(1, len(sites), figsize=(3.6 * len(sites), 3.8), squeeze=False)
+  many = len(models) > ROC_LEGEND_INSIDE      # legends below the panels, distinct colours
+  height = 3.8 + (0.15 * len(models) if many else 0)
+  fig, axes = plt.subplots(1, len(sites), figsize=(3.6 * len(sites), height), squeeze=False)
+  colours = plt.get_cmap('tab20' if len(models) > 10 else 'tab10').colors
   for ax, site in zip(axes[0], sites):
     members = SITE_GROUPS.get(site, (site,))
     drawn = 0
-    for name, preds in models.items():
+    for i, (name, preds) in enumerate(models.items()):
       tprs, aucs, ops = [], [], []
       for p in _as_list(preds):
         p = check_predictions(p, name)
@@ -500,13 +506,16 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
                                                if len(aucs) > 1 else ')')
       curve = np.mean(tprs, 0)
       curve[0] = 0.0
-      line, = ax.plot(grid, curve, lw=1.4, label=lab)
+      line, = ax.plot(grid, curve, lw=1.4, label=lab, c=colours[i % len(colours)])
       ax.plot(*np.mean(ops, 0), 'o', ms=4, c=line.get_color())   # the operating point
       drawn += 1
     ax.plot([0, 1], [0, 1], ls=':', c='grey', lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='1 - specificity', aspect='equal',
            title=f'Site {site}' if site in SITES else site)
-    if drawn:
+    if drawn and many:
+      ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=6.5, title='AUC',
+                title_fontsize=7)
+    elif drawn:
       ax.legend(loc='lower right', fontsize=6.5, title='AUC', title_fontsize=7)
     else:
       ax.text(0.5, 0.5, 'no ROC:\nfewer than two classes', ha='center', va='center', fontsize=9)
