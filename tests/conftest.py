@@ -9,7 +9,12 @@ In a worker, OpenMP (scikit-learn's gradient boosting in the oracle and baseline
 thread: two concurrent copies of the CT-only oracle test took 32 s with OpenMP's default (a
 thread per core each, spinning while they wait) and 18 s with one thread each (measured).
 """
+import importlib.util
 import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if os.environ.get('PYTEST_XDIST_WORKER'):
   os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -24,3 +29,14 @@ LONGEST_FIRST = ('test_finetune.py', 'test_pretrain.py', 'test_texture.py',
 def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable within a file
+
+
+@pytest.fixture(scope='session')
+def load_tool():
+  """load_tool(name) -> the module tools/<name>.py (the tools are scripts, not a package)."""
+  def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+  return load

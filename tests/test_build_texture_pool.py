@@ -2,7 +2,6 @@
 kill (temp files / missing sidecars), and one-line errors with non-zero exit."""
 
 import csv
-import importlib.util
 import os
 
 import numpy as np
@@ -14,16 +13,12 @@ from osteojax.texture.pool import normalize_pool
 from osteojax.texture.reference import pyradiomics_maps
 from osteojax.texture.synthetic import ct_vertebra_roi
 
-TOOL = os.path.join(os.path.dirname(__file__), '..', 'tools', 'build_texture_pool.py')
 SHAPE = (8, 9, 10)
 
 
 @pytest.fixture(scope='module')
-def tool():
-  spec = importlib.util.spec_from_file_location('build_texture_pool', TOOL)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+def tool(load_tool):
+  return load_tool('build_texture_pool')
 
 
 def write_nifti(path, array, spacing=(0.7, 0.8, 2.0)):

@@ -1,6 +1,4 @@
 """OsteoSim CT rendering: HU follows the truth, noise follows the scanner, anatomy the level."""
-import os
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -118,22 +116,12 @@ def test_bodies_rendered_on_their_slices_equal_the_whole_grid(rows):
     assert all(o.shape == hu_f.shape for o in occ_s)
 
 
-def _identifiability_tool():
-  import importlib.util
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(
-      'texture_identifiability', os.path.join(root, 'tools', 'texture_identifiability.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def test_texture_shows_marrow_fat_that_the_mean_hu_hides():
+def test_texture_shows_marrow_fat_that_the_mean_hu_hides(load_tool):
   """Two vertebrae with the same mean trabecular HU, one in lean marrow with less bone, one in
   fatty marrow with more: the ROI's trabecular mean cannot tell them apart, its SD (the
   sheets' contrast, bone fraction x (1 - bone fraction)) always can, on one scanner
   (tools/texture_identifiability.py; the gap between the density-reader and CT-only oracles)."""
-  t = _identifiability_tool()
+  t = load_tool('texture_identifiability')
   base = cohort.sample_cohort(0.02, 0).query("level == 'L1' and split != 'pretrain'").iloc[0]
   res, (lo, hi) = t.compare(dict(base.to_dict(), scanner='A1'), P.RoiGeometry((32,) * 3, 1.8),
                             100.0, (35.0, 65.0), n=4, seed=0)

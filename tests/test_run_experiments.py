@@ -1,20 +1,8 @@
 """The grid's rows and the paper-shaped tables it writes (tools/run_experiments.py)."""
-import importlib.util
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tool():
-  spec = importlib.util.spec_from_file_location(
-      'run_experiments', os.path.join(ROOT, 'tools', 'run_experiments.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def test_paper_tables_name_grid_rows_with_the_papers_labels():
-  t = _tool()
+def test_paper_tables_name_grid_rows_with_the_papers_labels(load_tool):
+  t = load_tool('run_experiments')
   for _, level, rows, _ in t.PAPER_TABLES:
     assert level in ('vertebra', 'patient') and set(rows) <= set(t.ROWS)
   assert set(t.TABLE2_ROWS) | {'swin_tpswav_class', 'swin_tpswav_unified_moe',
@@ -26,14 +14,14 @@ def test_paper_tables_name_grid_rows_with_the_papers_labels():
   assert t.BASE in t.TABLE2_ROWS and t.BASE in t.DEFAULT_ROWS
 
 
-def test_a_run_made_with_other_values_is_not_reused(tmp_path):
+def test_a_run_made_with_other_values_is_not_reused(tmp_path, load_tool):
   """A finished or partial run whose saved config differs from the one the grid would give it
   (an override or a default of the config file) stops the grid with one line; one that agrees
   goes on: a checkpoint compared by folder name, bookkeeping keys and keys the saved config
   lacks are not compared."""
   import json
   import pytest
-  t = _tool()
+  t = load_tool('run_experiments')
   over = {'seed': 0, 'optim.lr': 1e-4, 'head.moe': False, 'model.name': 'swin3d',
           'init.checkpoint': str(tmp_path / 'runs' / 'tp_swav_s0')}
   flat = t.expected_config('finetune.py', '', over)
@@ -67,14 +55,14 @@ def test_a_run_made_with_other_values_is_not_reused(tmp_path):
     assert '\n' not in str(e.value)
 
 
-def test_a_run_started_by_the_grids_own_command_line_is_reused(tmp_path):
+def test_a_run_started_by_the_grids_own_command_line_is_reused(tmp_path, load_tool):
   """The saved config of a run launched by the grid's command line (parsed by osteojax.main's
   config flag, saved as tasks.run saves it) passes the reuse check, and the same command at
   another rate does not: the check and the launcher agree on every override's type."""
   import pytest
   from absl import flags
   from ml_collections import config_flags
-  t = _tool()
+  t = load_tool('run_experiments')
 
   def launch(config_file, over, workdir):
     argv = ['osteojax.main'] + t._main_cmd(config_file, '', str(workdir), over)[3:]
