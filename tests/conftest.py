@@ -33,10 +33,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def load_tool():
-  """load_tool(name) -> the module tools/<name>.py (the tools are scripts, not a package)."""
+  """load_tool(name) -> the module tools/<name>.py (the tools are scripts, not a package),
+  loaded once per session."""
+  loaded = {}
+
   def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    if name not in loaded:
+      spec = importlib.util.spec_from_file_location(name,
+                                                    os.path.join(ROOT, 'tools', f'{name}.py'))
+      loaded[name] = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(loaded[name])
+    return loaded[name]
   return load

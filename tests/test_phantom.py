@@ -122,8 +122,7 @@ def test_texture_shows_marrow_fat_that_the_mean_hu_hides(load_tool):
   sheets' contrast, bone fraction x (1 - bone fraction)) always can, on one scanner
   (tools/texture_identifiability.py; the gap between the density-reader and CT-only oracles)."""
   t = load_tool('texture_identifiability')
-  base = cohort.sample_cohort(0.02, 0).query("level == 'L1' and split != 'pretrain'").iloc[0]
-  res, (lo, hi) = t.compare(dict(base.to_dict(), scanner='A1'), P.RoiGeometry((32,) * 3, 1.8),
+  res, (lo, hi) = t.compare(dict(t.base_row(0), scanner='A1'), P.RoiGeometry((32,) * 3, 1.8),
                             100.0, (35.0, 65.0), n=4, seed=0)
   assert res['bvtv'][1] > res['bvtv'][0]
   assert abs(res['mean']['low_fat'][0] - res['mean']['high_fat'][0]) < 10

@@ -5,7 +5,6 @@ maps do not register anything; the accuracy check uses --method mi, which needs 
 reading, channel selection, unit conversions and resampling to be right)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -28,10 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 import align as align_config  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location('register_tool',
-                                               os.path.join(ROOT, 'tools', 'register.py'))
-register_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(register_tool)
 
 
 @pytest.fixture(scope='module')
@@ -63,9 +58,13 @@ def _as_data(s):
               matrix_mri_to_dxa=np.array([t['matrix_mri_to_dxa']]))
 
 
-def _call(argv, capsys):
-  rc = run_cli(register_tool.main, [str(a) for a in argv])
-  return rc, capsys.readouterr()
+@pytest.fixture
+def call(load_tool, capsys):
+  """call(argv) -> (exit status, captured output) of tools/register.py."""
+  def run(argv):
+    rc = run_cli(load_tool('register').main, [str(a) for a in argv])
+    return rc, capsys.readouterr()
+  return run
 
 
 @pytest.fixture
@@ -77,10 +76,10 @@ def one_itk_thread():
   sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
 
 
-def test_outputs_match_library_and_resampling(setup, capsys, tmp_path, one_itk_thread):
+def test_outputs_match_library_and_resampling(setup, call, tmp_path, one_itk_thread):
   root, run, s = setup
-  rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', run,
-                   '--out', tmp_path / 'o', '--method', 'mi'], capsys)
+  rc, cap = call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', run,
+                   '--out', tmp_path / 'o', '--method', 'mi'])
   assert rc == 0, cap.err
   with open(tmp_path / 'o' / 'transform.json', encoding='utf-8') as f:
     res = json.load(f)
@@ -108,10 +107,10 @@ def test_outputs_match_library_and_resampling(setup, capsys, tmp_path, one_itk_t
   assert os.path.getsize(tmp_path / 'o' / 'overlay.png') > 1000
 
 
-def test_dense_runs_with_checkpoint(setup, capsys, tmp_path):
+def test_dense_runs_with_checkpoint(setup, call, tmp_path):
   root, run, _ = setup
-  rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', run,
-                   '--out', tmp_path / 'o'], capsys)
+  rc, cap = call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', run,
+                   '--out', tmp_path / 'o'])
   assert rc == 0, cap.err
   with open(tmp_path / 'o' / 'transform.json', encoding='utf-8') as f:
     res = json.load(f)
@@ -127,38 +126,38 @@ def _assert_one_line_error(rc, cap, *words):
     assert w in lines[0], lines[0]
 
 
-def test_unreadable_file(setup, capsys, tmp_path):
+def test_unreadable_file(setup, call, tmp_path):
   root, run, _ = setup
   bad = tmp_path / 'bad.nii'
   bad.write_bytes(b'not an image at all' * 20)
-  rc, cap = _call(['--dxa', bad, '--mri', root / 'mri.nii', '--aligner', run,
-                   '--out', tmp_path / 'o'], capsys)
+  rc, cap = call(['--dxa', bad, '--mri', root / 'mri.nii', '--aligner', run,
+                   '--out', tmp_path / 'o'])
   _assert_one_line_error(rc, cap, 'bad.nii')
-  rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', tmp_path / 'missing.nii', '--aligner',
-                   run, '--out', tmp_path / 'o'], capsys)
+  rc, cap = call(['--dxa', root / 'dxa.nii', '--mri', tmp_path / 'missing.nii', '--aligner',
+                   run, '--out', tmp_path / 'o'])
   _assert_one_line_error(rc, cap, 'missing.nii', 'no such file')
 
 
-def test_wrong_channels(setup, capsys, tmp_path):
+def test_wrong_channels(setup, call, tmp_path):
   root, run, s = setup
   three = np.concatenate([s['dxa'], s['dxa'][..., :1]], -1)
   bodysim._write(three, str(tmp_path / 'dxa3.nii'), s['spacing_mm'], True)
-  rc, cap = _call(['--dxa', tmp_path / 'dxa3.nii', '--mri', root / 'mri.nii', '--aligner', run,
-                   '--out', tmp_path / 'o'], capsys)
+  rc, cap = call(['--dxa', tmp_path / 'dxa3.nii', '--mri', root / 'mri.nii', '--aligner', run,
+                   '--out', tmp_path / 'o'])
   _assert_one_line_error(rc, cap, '3 channel', 'bone')
 
 
-def test_missing_checkpoint(setup, capsys, tmp_path):
+def test_missing_checkpoint(setup, call, tmp_path):
   root, run, _ = setup
   empty = tmp_path / 'run'
   os.makedirs(empty)
   with open(empty / 'config.json', 'w', encoding='utf-8') as f:
     f.write((run / 'config.json').read_text(encoding='utf-8'))
-  rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', empty,
-                   '--out', tmp_path / 'o'], capsys)
+  rc, cap = call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner', empty,
+                   '--out', tmp_path / 'o'])
   _assert_one_line_error(rc, cap, 'no checkpoint')
-  rc, cap = _call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner',
-                   tmp_path / 'nowhere', '--out', tmp_path / 'o'], capsys)
+  rc, cap = call(['--dxa', root / 'dxa.nii', '--mri', root / 'mri.nii', '--aligner',
+                   tmp_path / 'nowhere', '--out', tmp_path / 'o'])
   _assert_one_line_error(rc, cap, 'config.json')
 
 

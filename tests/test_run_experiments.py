@@ -56,9 +56,10 @@ def test_a_run_made_with_other_values_is_not_reused(tmp_path, load_tool):
 
 
 def test_a_run_started_by_the_grids_own_command_line_is_reused(tmp_path, load_tool):
-  """The saved config of a run launched by the grid's command line (parsed by osteojax.main's
-  config flag, saved as tasks.run saves it) passes the reuse check, and the same command at
-  another rate does not: the check and the launcher agree on every override's type."""
+  """The saved config of a run launched by the grid's command line (its own overrides, parsed
+  by osteojax.main's config flag, saved as tasks.run saves it) passes the reuse check, and the
+  same run at another seed or learning rate does not: the check and the launcher agree on every
+  override's type."""
   import pytest
   from absl import flags
   from ml_collections import config_flags
@@ -75,14 +76,17 @@ def test_a_run_started_by_the_grids_own_command_line_is_reused(tmp_path, load_to
     (workdir / 'config.json').write_text(fv.config.to_json_best_effort(indent=1))
     return str(workdir)
 
-  ck = str(tmp_path / 'runs' / 'tp_swav_swin3d_lr0.0001_s1')
-  rows = [('finetune.py', {'seed': 1, 'loss.cls': 1.0, 'loss.bmd': 0.0, 'loss.level': 0.0,
-                           'head.moe': False, 'model.name': 'swin3d', 'optim.lr': 1e-4,
-                           'score': 'prob', 'init.checkpoint': ck}),
-          ('tp_swav.py', {'seed': 2, 'model.name': 'swin3d', 'optim.lr': 1e-4}),
-          ('alice.py', {'seed': 0, 'model.name': 'nnformer3d'})]
+  runs = str(tmp_path / 'runs')
+  swin_pre, swin_over = t.pretrain_run(runs, 'tp_swav', 'swin3d', 1)
+  alice_pre, alice_over = t.pretrain_run(runs, 'alice', 'nnformer3d', 2)
+  rows = [('finetune.py', t.finetune_overrides('swin_tpswav_class', 1, swin_pre)),
+          ('finetune.py', t.finetune_overrides('tpswav_unified_moe', 0, runs + '/tp_swav_s0')),
+          ('finetune.py', t.finetune_overrides('scratch_class', 2, epochs=3)),
+          ('tp_swav.py', swin_over), ('alice.py', alice_over)]
+  assert rows[0][1]['optim.lr'] == 1e-4 and rows[0][1]['head.moe'] is False
   for i, (config_file, over) in enumerate(rows):
     wd = launch(config_file, over, tmp_path / f'run{i}')
     t.check_reuse(wd, config_file, '', over)
-    with pytest.raises(SystemExit, match='this grid asks'):
-      t.check_reuse(wd, config_file, '', {**over, 'seed': over['seed'] + 1})
+    for other in ({'seed': over['seed'] + 1}, {'optim.lr': 3e-3}):
+      with pytest.raises(SystemExit, match='this grid asks'):
+        t.check_reuse(wd, config_file, '', {**over, **other})

@@ -144,6 +144,36 @@ PRETRAIN_LR = {('tp_swav', 'swin3d'): 1e-4, ('tp_swav', 'vit3d'): 1e-4,
                ('tp_swav', 'nnformer3d'): 1e-4}
 
 
+def pretrain_run(runs: str, method: str, encoder: str, seed: int,
+                 epochs: int = 0) -> tuple[str, dict]:
+  """(workdir, config overrides) of a pre-training run of the grid."""
+  tag = '' if encoder == 'resnet3d' else f'_{encoder}'
+  over = {'seed': seed, 'model.name': encoder}
+  if (method, encoder) in PRETRAIN_LR:    # in the name: a run at another rate is not reused
+    over['optim.lr'] = PRETRAIN_LR[method, encoder]
+    tag += f'_lr{over["optim.lr"]:g}'
+  if epochs:
+    over['epochs'] = epochs
+  return os.path.join(runs, f'{method}{tag}_s{seed}'), over
+
+
+def finetune_overrides(row: str, seed: int, checkpoint: str = '', epochs: int = 0) -> dict:
+  """Config overrides of a fine-tuning run of the grid (checkpoint: its pre-training workdir,
+  '' for a row from scratch)."""
+  method, (w_cls, w_bmd, w_level), use_moe, encoder = ROWS[row]
+  over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
+          'head.moe': use_moe, 'model.name': encoder}
+  if encoder in FINETUNE_LR:
+    over['optim.lr'] = FINETUNE_LR[encoder]
+  if not w_bmd:      # no BMD head: the class head ranks, whatever the default readout
+    over['score'] = 'prob'
+  if method:
+    over['init.checkpoint'] = checkpoint
+  if epochs:
+    over['epochs'] = epochs
+  return over
+
+
 def _main_cmd(config_file, arg, workdir, overrides):
   return ([sys.executable, '-m', 'osteojax.main', '--config',
            os.path.join(ROOT, 'configs', config_file) + (f':{arg}' if arg else ''),
@@ -258,14 +288,15 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
         every = json.load(fh).get('eval_every_epochs', 1)
       ep = [every * (i + 1) for i in range(len(entries))]
       auc = [finetune.validation_auc(e) for e in entries]
-      line, = ax.plot(ep, auc, lw=1, label=f'seed {seed}')
+      line, = ax.plot(ep, auc, lw=1, label=f'seed {seed}', c=f'C{list(seeds).index(seed)}')
       ax.plot(ep[k], auc[k], 'o', ms=4, c=line.get_color())
     ax.set(title=row, xlabel='epoch')
     ax.title.set_fontsize(8)
-  for line in axes:
-    line[0].set_ylabel('validation vertebra AUC')
+  for row_axes in axes:
+    row_axes[0].set_ylabel('validation vertebra AUC')
   fullest = max(axes.flat[:len(rows)], key=lambda a: len(a.get_legend_handles_labels()[0]))
-  if fullest.get_legend_handles_labels()[0]:       # the panel with every seed names them
+  if fullest.get_legend_handles_labels()[0]:       # the panel with the most seeds names them
+                                                   # (a seed has one colour in every panel)
     fullest.legend(fontsize=6)
   fig.suptitle('Fine-tuning: validation AUC per epoch (dot: the checkpoint kept)', fontsize=9)
   fig.tight_layout()
@@ -296,14 +327,7 @@ def main():
   pre_dirs = {}
   for method, encoder in sorted({(ROWS[r][0], ROWS[r][3]) for r in a.rows if ROWS[r][0]}):
     for seed in (a.seeds if a.pretrain_seeds == 'each' else [0]):
-      tag = '' if encoder == 'resnet3d' else f'_{encoder}'
-      over = {'seed': seed, 'model.name': encoder}
-      if (method, encoder) in PRETRAIN_LR:    # in the name: a run at another rate is not reused
-        over['optim.lr'] = PRETRAIN_LR[method, encoder]
-        tag += f'_lr{over["optim.lr"]:g}'
-      wd = os.path.join(runs, f'{method}{tag}_s{seed}')
-      if a.pretrain_epochs:
-        over['epochs'] = a.pretrain_epochs
+      wd, over = pretrain_run(runs, method, encoder, seed, a.pretrain_epochs)
       check_reuse(wd, PRETRAIN_CONFIGS[method], a.arg, over)
       if not a.report_only:
         _run(_main_cmd(PRETRAIN_CONFIGS[method], a.arg, wd, over),
@@ -313,19 +337,11 @@ def main():
   models = {row: [] for row in a.rows}
   for seed in a.seeds:            # seed-major: an interrupted grid covers every row
     for row in a.rows:
-      method, (w_cls, w_bmd, w_level), use_moe, encoder = ROWS[row]
+      method, _, _, encoder = ROWS[row]
       wd = os.path.join(runs, f'{row}_s{seed}')
       pre_seed = seed if a.pretrain_seeds == 'each' else 0
-      over = {'seed': seed, 'loss.cls': w_cls, 'loss.bmd': w_bmd, 'loss.level': w_level,
-              'head.moe': use_moe, 'model.name': encoder}
-      if encoder in FINETUNE_LR:
-        over['optim.lr'] = FINETUNE_LR[encoder]
-      if not w_bmd:      # no BMD head: the class head ranks, whatever the default readout
-        over['score'] = 'prob'
-      if method:
-        over['init.checkpoint'] = pre_dirs[method, encoder, pre_seed]
-      if a.finetune_epochs:
-        over['epochs'] = a.finetune_epochs
+      over = finetune_overrides(row, seed, pre_dirs[method, encoder, pre_seed] if method else '',
+                                a.finetune_epochs)
       pred_path = os.path.join(wd, finetune.PREDICTIONS)
       check_reuse(wd, 'finetune.py', a.arg, over)
       if not a.report_only:

@@ -1,7 +1,7 @@
 """Does a rendered OsteoSim ROI show what a density reader cannot: marrow fat against bone?
 
   python tools/texture_identifiability.py [--hu 100] [--fat 35 65] [--n 30] \
-      [--geometry 32:1.8 64:0.9] [--scanners A1 A2 B1 B2 C1 D1] [--out results/identifiability]
+      [--geometry 32:1.8 64:0.9] [--scanners A1 A2 B1 B2 C1 D1 D2] [--out results/identifiability]
 
 The CT-only oracle (osteojax/data/oracle.py) is the posterior given the rendered trabecular bone
 fraction and marrow fat; the density-reader oracle sees only their mix, the mean trabecular HU.
@@ -9,10 +9,13 @@ The gap between the two is what only texture can close, if the images show it. T
 renders ROIs of one vertebra (the first L1 of the generated cohort, its size and level) whose
 bone fraction is solved so that the mean trabecular HU is the same (`--hu`) at a low and a high
 marrow fat (`--fat`, PDFF %), for each scanner and ROI geometry, through the generator's own
-phantom (osteojax/data/phantom.py: sheets, scanner blur, noise), and measures on each ROI the
-mean and the SD of its trabecular region (the baselines' eroded mask). AUC 0.5 for a statistic:
-it cannot tell the two apart; 1.0: it always can. Writes <out>/identifiability.{json,md} and
-prints the table. Generated data: a property of the generator, not of real CT.
+phantom (osteojax/data/phantom.py: sheets, scanner blur, noise; each scanner and group its own
+random draws), and measures on each ROI the mean and the SD of its trabecular region (the
+baselines' eroded mask). AUC 0.5 for a statistic: it cannot tell the two apart; 1.0: it always
+can. Rows pooled over a site's scanners stand for a reader told the site's DXA device (as the
+model is) but not which of its CT scanners took the scan; the last row pools every scanner.
+Writes <out>/identifiability.{json,md} and prints the table. Generated data: a property of the
+generator, not of real CT.
 """
 import argparse
 import json
@@ -41,6 +44,14 @@ def render_stats(row: dict, geometry, n: int, seed: int) -> np.ndarray:
   return np.asarray(out)
 
 
+def base_row(seed: int) -> dict:
+  """The vertebra every ROI is rendered from: the first labeled L1 of the generated cohort
+  (its size and level; scanner, marrow fat and bone fraction are set per group)."""
+  from osteojax.data import cohort
+  t = cohort.sample_cohort(0.02, seed)
+  return t[(t.level == 'L1') & (t.split != 'pretrain')].iloc[0].to_dict()
+
+
 def compare(row: dict, geometry, hu: float, fats, n: int, seed: int) -> tuple[dict, list]:
   """The two fat levels at one mean HU: (per statistic each group's mean and SD and the AUC,
   the two groups' [n, 2] statistics)."""
@@ -57,8 +68,8 @@ def summarise(lo: np.ndarray, hi: np.ndarray) -> dict:
   """Per statistic: each group's mean and SD over ROIs and the AUC between the groups."""
   from osteojax.evaluate import metrics
   y = np.r_[np.zeros(len(lo)), np.ones(len(hi))]
-  return {name: dict(low_fat=[float(lo[:, k].mean()), float(lo[:, k].std())],
-                     high_fat=[float(hi[:, k].mean()), float(hi[:, k].std())],
+  return {name: dict(low_fat=[float(lo[:, k].mean()), float(lo[:, k].std(ddof=1))],
+                     high_fat=[float(hi[:, k].mean()), float(hi[:, k].std(ddof=1))],
                      auc=float(metrics.auc(y, np.r_[lo[:, k], hi[:, k]])))
           for k, name in enumerate(STATS)}
 
@@ -91,22 +102,25 @@ def main(argv=None):
       geometries.append(P.RoiGeometry((int(edge),) * 3, float(sp)))
     except ValueError:
       p.error(f'--geometry {g!r}: expected edge:spacing, e.g. 32:1.8')
-  t = cohort.sample_cohort(0.02, a.seed)
-  base = t[(t.level == 'L1') & (t.split != 'pretrain')].iloc[0].to_dict()
+  base = base_row(a.seed)
   rows, t0 = [], time.time()
   for g in geometries:
-    pooled = ([], [])
-    for s in scanners:
-      r, groups = compare(dict(base, scanner=s), g, a.hu, a.fat, a.n, a.seed)
+    drawn = {}
+    for i, s in enumerate(scanners):      # every scanner its own draws (seed offset)
+      r, drawn[s] = compare(dict(base, scanner=s), g, a.hu, a.fat, a.n, a.seed + 10_000 * (i + 1))
       rows.append(dict(edge=g.shape[0], spacing_mm=g.spacing_mm, scanner=s, **r))
-      for k in (0, 1):
-        pooled[k].append(groups[k])
       print(f'[identifiability] {g.shape[0]}^3 at {g.spacing_mm:g} mm, scanner {s}: SD AUC '
             f'{r["sd"]["auc"]:.2f}, mean AUC {r["mean"]["auc"]:.2f} '
             f'({time.time() - t0:.0f} s)', file=sys.stderr, flush=True)
-    if len(scanners) > 1:     # a reader that is not told the scanner: its noise and blur vary
-      rows.append(dict(edge=g.shape[0], spacing_mm=g.spacing_mm, scanner='all, pooled',
-                       bvtv=r['bvtv'], **summarise(*(np.concatenate(x) for x in pooled))))
+    pools = [(f'site {site} ({", ".join(info["scanners"])}), pooled', info['scanners'])
+             for site, info in P.SITES.items()
+             if len(info['scanners']) > 1 and set(info['scanners']) <= set(drawn)]
+    if len(drawn) > 1:
+      pools.append(('all, pooled', list(drawn)))
+    for name, members in pools:  # a reader not told the scanner: its noise and blur vary
+      rows.append(dict(edge=g.shape[0], spacing_mm=g.spacing_mm, scanner=name, bvtv=r['bvtv'],
+                       **summarise(*(np.concatenate([drawn[m][k] for m in members])
+                                     for k in (0, 1)))))
   bv = rows[0]['bvtv']
   lines = [f'Generated OsteoSim ROIs (osteojax/data/phantom.py), one L1, mean trabecular HU '
            f'{a.hu:g} in both groups: marrow fat {a.fat[0]:g} % (bone fraction {bv[0]:.3f}) '
@@ -115,8 +129,10 @@ def main(argv=None):
            'between the groups (0.5: blind).', '',
            '| ROI | scanner | mean, low fat | mean, high fat | mean AUC | SD, low fat | '
            'SD, high fat | SD AUC |', '|---|---|---|---|---|---|---|---|']
+  def cell(v):
+    return f'{v[0]:.1f} ± {v[1]:.1f}'
+
   for r in rows:
-    cell = lambda v: f'{v[0]:.1f} ± {v[1]:.1f}'   # noqa: E731
     lines.append(f'| {r["edge"]}^3, {r["spacing_mm"]:g} mm | {r["scanner"]} | '
                  f'{cell(r["mean"]["low_fat"])} | {cell(r["mean"]["high_fat"])} | '
                  f'{r["mean"]["auc"]:.2f} | {cell(r["sd"]["low_fat"])} | '

@@ -472,7 +472,9 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
 
   A model with several seeds is drawn as its vertically averaged ROC (TPR averaged at fixed
   FPR) and labelled with its mean ± SD AUC; a dot marks its operating point at its threshold
-  (mean over seeds). Panels without both classes say so.
+  (mean over seeds). Panels without both classes say so. A model keeps its colour in every
+  panel (tab10, tab20 past ten models, dashed past twenty); past ROC_LEGEND_INSIDE models the
+  legends go below the panels.
   """
   import matplotlib
   matplotlib.use('Agg')
@@ -506,7 +508,8 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
                                                if len(aucs) > 1 else ')')
       curve = np.mean(tprs, 0)
       curve[0] = 0.0
-      line, = ax.plot(grid, curve, lw=1.4, label=lab, c=colours[i % len(colours)])
+      line, = ax.plot(grid, curve, lw=1.4, label=lab, c=colours[i % len(colours)],
+                      ls=('-', '--')[i // len(colours) % 2])
       ax.plot(*np.mean(ops, 0), 'o', ms=4, c=line.get_color())   # the operating point
       drawn += 1
     ax.plot([0, 1], [0, 1], ls=':', c='grey', lw=0.8)
