@@ -138,7 +138,8 @@ def paper_tables(summary: dict) -> str:
 # Round 'encoders', seed 0, the rule of the other rounds (highest validation AUC at the kept
 # epoch, then the last-half mean): Swin-T 1e-4 (0.878; 3e-4 0.874, 1e-3 0.872, each kept at
 # epoch 1-2, at a5b77b0's patch-embedding init; before it 0.887, 0.872, 0.853), ViT 1e-3 (0.871;
-# 3e-4 0.864, 1e-4 0.867), nnFormer 3e-4 (0.888; 1e-4 0.878, 1e-3 0.851, falling to 0.555 over its last half).
+# 3e-4 0.864, 1e-4 0.867), nnFormer 3e-4 (0.888; 1e-4 0.878, 1e-3 0.851, falling to 0.555
+# over its last half).
 FINETUNE_LR = {'swin3d': 1e-4, 'vit3d': 1e-3, 'nnformer3d': 3e-4}
 PRETRAIN_LR = {('tp_swav', 'swin3d'): 1e-4, ('tp_swav', 'vit3d'): 1e-4,
                ('tp_swav', 'nnformer3d'): 1e-4}
@@ -294,9 +295,9 @@ def plot_validation_curves(runs: str, rows, seeds, path: str):
     ax.title.set_fontsize(8)
   for row_axes in axes:
     row_axes[0].set_ylabel('validation vertebra AUC')
+  # the panel with the most seeds names them (a seed has one colour in every panel)
   fullest = max(axes.flat[:len(rows)], key=lambda a: len(a.get_legend_handles_labels()[0]))
-  if fullest.get_legend_handles_labels()[0]:       # the panel with the most seeds names them
-                                                   # (a seed has one colour in every panel)
+  if fullest.get_legend_handles_labels()[0]:
     fullest.legend(fontsize=6)
   fig.suptitle('Fine-tuning: validation AUC per epoch (dot: the checkpoint kept)', fontsize=9)
   fig.tight_layout()

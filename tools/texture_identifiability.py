@@ -103,11 +103,13 @@ def main(argv=None):
     except ValueError:
       p.error(f'--geometry {g!r}: expected edge:spacing, e.g. 32:1.8')
   base = base_row(a.seed)
+  bv = [float(cohort.bvtv_from_hu(a.hu, fat)) for fat in a.fat]   # both groups, any scanner
   rows, t0 = [], time.time()
   for g in geometries:
     drawn = {}
     for i, s in enumerate(scanners):      # every scanner its own draws (seed offset)
-      r, drawn[s] = compare(dict(base, scanner=s), g, a.hu, a.fat, a.n, a.seed + 10_000 * (i + 1))
+      r, drawn[s] = compare(dict(base, scanner=s), g, a.hu, a.fat, a.n,
+                            a.seed + 10_000 * (i + 1))
       rows.append(dict(edge=g.shape[0], spacing_mm=g.spacing_mm, scanner=s, **r))
       print(f'[identifiability] {g.shape[0]}^3 at {g.spacing_mm:g} mm, scanner {s}: SD AUC '
             f'{r["sd"]["auc"]:.2f}, mean AUC {r["mean"]["auc"]:.2f} '
@@ -115,13 +117,12 @@ def main(argv=None):
     pools = [(f'site {site} ({", ".join(info["scanners"])}), pooled', info['scanners'])
              for site, info in P.SITES.items()
              if len(info['scanners']) > 1 and set(info['scanners']) <= set(drawn)]
-    if len(drawn) > 1:
+    if len(drawn) > 1 and all(set(m) != set(drawn) for _, m in pools):
       pools.append(('all, pooled', list(drawn)))
     for name, members in pools:  # a reader not told the scanner: its noise and blur vary
-      rows.append(dict(edge=g.shape[0], spacing_mm=g.spacing_mm, scanner=name, bvtv=r['bvtv'],
+      rows.append(dict(edge=g.shape[0], spacing_mm=g.spacing_mm, scanner=name, bvtv=bv,
                        **summarise(*(np.concatenate([drawn[m][k] for m in members])
                                      for k in (0, 1)))))
-  bv = rows[0]['bvtv']
   lines = [f'Generated OsteoSim ROIs (osteojax/data/phantom.py), one L1, mean trabecular HU '
            f'{a.hu:g} in both groups: marrow fat {a.fat[0]:g} % (bone fraction {bv[0]:.3f}) '
            f'against {a.fat[1]:g} % ({bv[1]:.3f}), {a.n} ROIs each (fresh texture and noise). '

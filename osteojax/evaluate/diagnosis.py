@@ -481,7 +481,7 @@ def plot_roc(models: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], path: 
   from matplotlib import pyplot as plt
 
   grid = np.linspace(0, 1, 201)
-  many = len(models) > ROC_LEGEND_INSIDE      # legends below the panels, distinct colours
+  many = len(models) > ROC_LEGEND_INSIDE      # then the legends go below the panels
   height = 3.8 + (0.15 * len(models) if many else 0)
   fig, axes = plt.subplots(1, len(sites), figsize=(3.6 * len(sites), height), squeeze=False)
   colours = plt.get_cmap('tab20' if len(models) > 10 else 'tab10').colors
