@@ -127,6 +127,16 @@ def test_texture_shows_marrow_fat_that_the_mean_hu_hides(load_tool):
   assert res['bvtv'][1] > res['bvtv'][0]
   assert abs(res['mean']['low_fat'][0] - res['mean']['high_fat'][0]) < 10
   assert res['sd']['auc'] == 1.0 and res['sd']['high_fat'][0] > 1.15 * res['sd']['low_fat'][0]
+  assert res['both_sd']['auc'] == 1.0 and res['hp_sd']['low_fat'][0] > 0
   # summarise's AUC by hand: 3 of the 4 (low, high) pairs ordered -> 0.75
-  s = t.summarise(np.array([[0., 1.], [2., 3.]]), np.array([[1., 2.], [3., 0.5]]))
-  assert s['mean']['auc'] == 0.75 and s['sd']['auc'] == 0.25
+  s = t.summarise(np.array([[0., 1., 1.], [2., 3., 1.]]), np.array([[1., 2., 1.], [3., 0.5, 1.]]))
+  assert s['mean']['auc'] == 0.75 and s['sd']['auc'] == 0.25 and s['hp_sd']['auc'] == 0.5
+  # Two scanners whose scale hides the groups from either SD alone: the groups differ in the
+  # ratio SD / high-pass SD (1.3 against 1.0), the scanners scale both by 1 or 2.
+  rng = np.random.default_rng(0)
+  scale = np.repeat([1.0, 2.0], 20)[:, None]
+  hp = 50 * rng.uniform(0.9, 1.1, (40, 1)) * scale
+  lo, hi = np.c_[hp, hp], np.c_[1.3 * hp, hp]
+  assert t.summarise(np.c_[lo[:, :1], lo], np.c_[hi[:, :1], hi])['sd']['auc'] < 0.85
+  assert t.joint_auc(lo, hi) == 1.0
+  assert t.joint_auc(lo, np.c_[lo[:, 0] * rng.uniform(0.9, 1.1, 40), lo[:, 1]]) < 0.8
