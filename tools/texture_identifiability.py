@@ -87,7 +87,9 @@ def summarise(lo: np.ndarray, hi: np.ndarray) -> dict:
 
 def joint_auc(lo: np.ndarray, hi: np.ndarray, folds: int = FOLDS) -> float:
   """AUC of a logistic regression on the log of the columns of lo [n, k] (group 0) and hi
-  [m, k] (group 1), each ROI scored by a model fit without its fold (stratified, unshuffled)."""
+  [m, k] (group 1), each ROI scored by a model fit without its fold (stratified, unshuffled:
+  in a pooled row, whose ROIs come scanner by scanner, a fold is mostly ROIs of scanners the
+  fit saw little or nothing of)."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.model_selection import StratifiedKFold, cross_val_predict
   from sklearn.pipeline import make_pipeline
