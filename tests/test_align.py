@@ -236,3 +236,30 @@ def test_align_tables_report_the_reference_beside_every_table(tmp_path):
   assert row.rstrip(' |').split(' | ')[-1] == '62.5 ± 17.7'      # R@1 / reference %
   table = json.loads((tmp_path / 'align_tables.json').read_text(encoding='utf-8'))
   assert np.allclose(table['tables']['channels']['B_F']['fraction_of_reference'], [0.5, 0.75])
+
+
+def test_align_tables_record_folder(tmp_path):
+  """--record: a finished run's evaluation is copied there, and a run found only there counts
+  as finished (not trained again) and enters the table as if its folder were present."""
+  import json
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import align_tables
+  root, record = tmp_path / 'root', tmp_path / 'record'
+  res = dict(metrics={**dict.fromkeys(align_tables.KEYS, 0.5), 'recall@1': 0.4}, seed=0, n=100,
+             reference=None, recall1_fraction_of_reference=0.5)
+  (root / 'B_F_seed0').mkdir(parents=True)
+  (root / 'B_F_seed0' / 'eval_test.json').write_text(json.dumps(res))
+  record.mkdir()
+  (record / 'B_F_seed1.eval_test.json').write_text(json.dumps(dict(
+      res, seed=1, metrics={**res['metrics'], 'recall@1': 0.6})))
+  assert align_tables.result_path(str(root), 'channels', 'B_F_seed1', str(record)) == str(
+      record / 'B_F_seed1.eval_test.json')
+  assert align_tables.result_path(str(root), 'channels', 'B_F_seed1') == str(
+      root / 'B_F_seed1' / 'eval_test.json')
+  # both asked-for runs are finished (one here, one recorded): nothing trains
+  assert align_tables.main(['--root', str(root), '--seeds', '0,1', '--tables', 'channels',
+                            '--only', 'B_F_seed0,B_F_seed1', '--record', str(record)]) in (None, 0)
+  assert json.loads((record / 'B_F_seed0.eval_test.json').read_text()) == res
+  row = next(line for line in (root / 'align_tables.md').read_text().splitlines()
+             if line.startswith('| B_F |'))
+  assert row.split(' | ')[1:3] == ['0,1', '50.0 ± 14.1']

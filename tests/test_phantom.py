@@ -1,5 +1,6 @@
 """OsteoSim CT rendering: HU follows the truth, noise follows the scanner, anatomy the level."""
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
@@ -140,3 +141,40 @@ def test_texture_shows_marrow_fat_that_the_mean_hu_hides(load_tool):
   assert t.summarise(np.c_[lo[:, :1], lo], np.c_[hi[:, :1], hi])['sd']['auc'] < 0.85
   assert t.joint_auc(lo, hi) == 1.0
   assert t.joint_auc(lo, np.c_[lo[:, 0] * rng.uniform(0.9, 1.1, 40), lo[:, 1]]) < 0.8
+
+
+def test_reader_curve_statistics_and_readers(load_tool):
+  """tools/reader_curve.py: the ROI statistics against numpy on a hand-built cube (its
+  trabecular region is the mask eroded by ceil(3.5 / 1.8) = 2 voxels per axis), the design's
+  columns, and both readers' AUC on a separable and on a label-free sample."""
+  t = load_tool('reader_curve')
+  rng = np.random.default_rng(0)
+  img = rng.normal(100, 20, (20, 20, 20))
+  mask = np.zeros(img.shape, bool)
+  mask[4:16, 4:16, 4:16] = True                               # 12^3
+  s = t.roi_stats(img, mask, (1.8, 1.8, 1.8))
+  core = img[6:14, 6:14, 6:14]                                # eroded by 2: 8^3
+  assert s['mean'] == pytest.approx(core.mean()) and s['sd'] == pytest.approx(core.std())
+  assert s['p90'] == pytest.approx(np.percentile(core, 90))
+  assert s['volume'] == 12 ** 3 and s['extent_z'] == s['extent_x'] == 11
+  rim = mask.copy()
+  rim[6:14, 6:14, 6:14] = False
+  assert s['rim_mean'] == pytest.approx(img[rim].mean())
+  assert s['hp_sd'] == pytest.approx(ndimage.laplace(img)[6:14, 6:14, 6:14].std())
+  n = 160
+  d = pd.DataFrame({k: rng.uniform(1, 2, n) for k in t.STATS})
+  d['device'] = np.where(np.arange(n) % 2, 'hologic', 'ge_lunar')
+  d['level'] = 'L1'
+  d['site'] = 'A'
+  x = t.design(d, ['ge_lunar', 'hologic'], ['L1', 'L2'])
+  k = len(t.STATS)
+  assert x.shape == (n, 3 * k + 2 + 2)
+  assert np.allclose(x[:, t.STATS.index('sd')], np.log(d.sd))
+  assert np.allclose(x[1::2, k:2 * k], 0) and np.allclose(x[1::2, 2 * k:3 * k], x[1::2, :k])
+  d['label'] = (d['mean'] < 1.5).astype(int)
+  tr, ev = d.iloc[:80], d.iloc[80:]
+  sep = t.fit_score(tr, {'test': ev}, ['ge_lunar', 'hologic'], ['L1', 'L2'])
+  assert sep['lr']['test'] > 0.97 and sep['trees']['test'] > 0.9
+  d['label'] = rng.integers(0, 2, n)
+  null = t.fit_score(d.iloc[:80], {'test': d.iloc[80:]}, ['ge_lunar', 'hologic'], ['L1', 'L2'])
+  assert abs(null['lr']['test'] - 0.5) < 0.2

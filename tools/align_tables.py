@@ -19,12 +19,19 @@ then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
 
   python tools/align_tables.py --root results/align_tables --seeds 0,1   # at the default
   python tools/align_tables.py --root results/align_recipe --tables recipe --seeds 0,1
+
+`--record DIR` keeps a copy of each finished run's evaluation (eval_<split>.json, a few kB: the
+metrics, not the weights) in DIR as <name>.eval_<split>.json, and counts a run recorded there as
+finished: a sweep of many hours can then span machines, and `--report-only --record DIR`
+rebuilds the tables from the records alone (docs/results/ holds the records of the tables the
+docs quote).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,8 +93,22 @@ def runs(seeds, tables=tuple(TITLES)):
   return out
 
 
-def result_path(root, table, name):
-  return os.path.join(root, name, f'eval_{SPLIT[table]}.json')
+def result_path(root, table, name, record=''):
+  """The run's evaluation in <root>/<name>, else its copy in the record folder (when one is
+  given and holds it), else the path the run will write."""
+  own = os.path.join(root, name, f'eval_{SPLIT[table]}.json')
+  kept = os.path.join(record, f'{name}.eval_{SPLIT[table]}.json') if record else ''
+  return kept if kept and not os.path.exists(own) and os.path.exists(kept) else own
+
+
+def keep_record(root, table, name, record):
+  """Copy a finished run's evaluation into the record folder (atomic; kept if present)."""
+  own = os.path.join(root, name, f'eval_{SPLIT[table]}.json')
+  kept = os.path.join(record, f'{name}.eval_{SPLIT[table]}.json')
+  if record and os.path.exists(own) and not os.path.exists(kept):
+    os.makedirs(record, exist_ok=True)
+    shutil.copyfile(own, kept + '.tmp')
+    os.replace(kept + '.tmp', kept)
 
 
 def fmt(vals, key):
@@ -112,6 +133,9 @@ def main(argv=None):
   p.add_argument('--only', default='',
                  help='comma list of run names to train, in this order (others: only read)')
   p.add_argument('--report-only', action='store_true', help='only collect finished runs')
+  p.add_argument('--record', default='',
+                 help='folder of finished runs\' evaluations: read as finished, and each new one '
+                      'copied there')
   args = p.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(',')]
   tables = [t for t in args.tables.split(',') if t]
@@ -123,7 +147,7 @@ def main(argv=None):
   order = sorted(plan, key=lambda r: only.index(r[2]) if r[2] in only else len(only))
   for table, label, name, seed, over, arg in order:  # train (in --only order when given)
     work = os.path.join(args.root, name)
-    if (os.path.exists(result_path(args.root, table, name)) or args.report_only
+    if (os.path.exists(result_path(args.root, table, name, args.record)) or args.report_only
         or (only and name not in only)):
       continue
     t = time.time()
@@ -143,9 +167,11 @@ def main(argv=None):
       r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     print(f'{name}: ' + (f'failed (see {name}.log)' if r.returncode
                          else f'{time.time() - t:.0f} s'), flush=True)
+    keep_record(args.root, table, name, args.record)
   done = {}
   for table, label, name, seed, over, arg in plan:     # collect
-    res = result_path(args.root, table, name)
+    keep_record(args.root, table, name, args.record)
+    res = result_path(args.root, table, name, args.record)
     if os.path.exists(res):
       with open(res, encoding='utf-8') as f:
         done[name] = json.load(f)
