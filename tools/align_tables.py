@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -93,22 +92,28 @@ def runs(seeds, tables=tuple(TITLES)):
   return out
 
 
+def _own_and_kept(root, table, name, record):
+  """(<root>/<name>/eval_<split>.json, its copy in the record folder or '' without one)."""
+  file = f'eval_{SPLIT[table]}.json'
+  return (os.path.join(root, name, file),
+          os.path.join(record, f'{name}.{file}') if record else '')
+
+
 def result_path(root, table, name, record=''):
   """The run's evaluation in <root>/<name>, else its copy in the record folder (when one is
   given and holds it), else the path the run will write."""
-  own = os.path.join(root, name, f'eval_{SPLIT[table]}.json')
-  kept = os.path.join(record, f'{name}.eval_{SPLIT[table]}.json') if record else ''
+  own, kept = _own_and_kept(root, table, name, record)
   return kept if kept and not os.path.exists(own) and os.path.exists(kept) else own
 
 
 def keep_record(root, table, name, record):
   """Copy a finished run's evaluation into the record folder (atomic; kept if present)."""
-  own = os.path.join(root, name, f'eval_{SPLIT[table]}.json')
-  kept = os.path.join(record, f'{name}.eval_{SPLIT[table]}.json')
-  if record and os.path.exists(own) and not os.path.exists(kept):
+  from osteojax.data import io as dio
+  own, kept = _own_and_kept(root, table, name, record)
+  if kept and os.path.exists(own) and not os.path.exists(kept):
     os.makedirs(record, exist_ok=True)
-    shutil.copyfile(own, kept + '.tmp')
-    os.replace(kept + '.tmp', kept)
+    with open(own, encoding='utf-8') as f:
+      dio.atomic_write_text(kept, f.read())
 
 
 def fmt(vals, key):
