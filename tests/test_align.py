@@ -259,7 +259,7 @@ def test_align_tables_record_folder(tmp_path):
   # both asked-for runs are finished (one here, one recorded): nothing trains
   assert align_tables.main(['--root', str(root), '--seeds', '0,1', '--tables', 'channels',
                             '--only', 'B_F_seed0,B_F_seed1', '--record', str(record)]) in (None, 0)
-  assert json.loads((record / 'B_F_seed0.eval_test.json').read_text()) == res
-  row = next(line for line in (root / 'align_tables.md').read_text().splitlines()
+  assert json.loads((record / 'B_F_seed0.eval_test.json').read_text(encoding='utf-8')) == res
+  row = next(line for line in (root / 'align_tables.md').read_text(encoding='utf-8').splitlines()
              if line.startswith('| B_F |'))
   assert row.split(' | ')[1:3] == ['0,1', '50.0 ± 14.1']

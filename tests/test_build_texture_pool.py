@@ -111,6 +111,21 @@ def test_settings_change_recomputes(tool, tmp_path):
   assert tool.sidecar_key(str(out), 'v0') != key
 
 
+def test_manifest_saved_with_bom_and_non_ascii_ids(tool, tmp_path):
+  """A manifest exported by a spreadsheet (UTF-8 with a byte-order mark) and ROI ids outside
+  ASCII read as written, whatever the process's locale."""
+  _, rows = make_dataset(tmp_path, n=1)
+  rows[0]['roi_id'] = 'vertèbre-0'
+  manifest = tmp_path / 'rois_bom.csv'
+  with open(manifest, 'w', newline='', encoding='utf-8-sig') as f:
+    w = csv.DictWriter(f, list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  out = tmp_path / 'pool'
+  assert run(tool, str(manifest), out) == 0
+  assert os.path.exists(out / 'vertèbre-0.npy')
+
+
 def test_missing_columns(tool, tmp_path, capsys):
   manifest = write_manifest(tmp_path / 'bad.csv', [dict(roi_id='a', path='x.nii')])
   assert run(tool, manifest, tmp_path / 'pool') == 2

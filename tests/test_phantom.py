@@ -178,3 +178,39 @@ def test_reader_curve_statistics_and_readers(load_tool):
   d['label'] = rng.integers(0, 2, n)
   null = t.fit_score(d.iloc[:80], {'test': d.iloc[80:]}, ['ge_lunar', 'hologic'], ['L1', 'L2'])
   assert abs(null['lr']['test'] - 0.5) < 0.2
+
+
+def test_reader_curve_model_data_folder(load_tool, tmp_path):
+  """--model-data: the train split is whole patients of the other cohort's train split, at
+  least n vertebrae and no more than one patient over; validation and test are the data set's
+  own rows, unchanged but for absolute paths; the drawn ids carry the cohort's prefix."""
+  t = load_tool('reader_curve')
+
+  def manifest(root, patients, splits):
+    rows = []
+    for i, (split, k) in enumerate(zip(splits, patients)):
+      for v in range(k):
+        rows.append(dict(roi_id=f'P{i}-L{v + 1}', patient_id=f'P{i}', split=split,
+                         device='hologic', label=(i + v) % 2, label_hologic=(i + v) % 2,
+                         label_ge_lunar=0, label_medix=0, path=f'rois/P{i}-L{v + 1}.nii.gz',
+                         mask_path=f'rois/P{i}-L{v + 1}_mask.nii.gz'))
+    root.mkdir()
+    pd.DataFrame(rows).to_csv(root / 'manifest.csv', index=False)
+    return str(root)
+
+  base = manifest(tmp_path / 'own', [3, 2, 4, 1], ['train', 'valid', 'test', 'test'])
+  extra = manifest(tmp_path / 'extra', [4, 3, 2, 5, 1, 4, 2],
+                   ['train', 'train', 'train', 'train', 'valid', 'train', 'test'])
+  folder = t.write_model_data(base, extra, 7, 8, str(tmp_path / 'out'))
+  m = pd.read_csv(f'{folder}/manifest.csv')
+  train, evals = m[m.split == 'train'], m[m.split != 'train']
+  drawn = {p[len('s7-'):] for p in train.patient_id}
+  sizes = {'P0': 4, 'P1': 3, 'P2': 2, 'P3': 5, 'P5': 4}
+  assert all(p.startswith('s7-') for p in train.roi_id) and drawn <= set(sizes)
+  assert len(train) == sum(sizes[p] for p in drawn) >= 8
+  assert len(train) - max(sizes[p] for p in drawn) < 8          # one patient tipped it over n
+  own = pd.read_csv(f'{base}/manifest.csv')
+  want = own[own.split != 'train']
+  assert list(evals.roi_id) == list(want.roi_id) and list(evals.label) == list(want.label)
+  assert all(p == str(tmp_path / 'own' / q) for p, q in zip(evals.path, want.path))
+  assert all(p.startswith(str(tmp_path / 'extra') + '/rois/') for p in train.mask_path)

@@ -4,6 +4,7 @@ it learns from? A sample-size curve for the distance between the models and the 
   python tools/reader_curve.py [--data data/osteosim_paper_s0.05_l0.2_seed0_32x32x32] \
       [--extra-seed 1] [--extra-scale 1.0] [--sizes 250 500 1000 2000 4000 0] [--draws 3] \
       [--out results/reader_curve]
+  python tools/reader_curve.py --model-data 4000 --out results/more_labels   # the model's point
 
 The reader sees what the fine-tuned model sees of one vertebra, summarised by hand: the mean,
 SD, 10th / 90th percentiles of its trabecular region (the baselines' eroded mask), the SD of the
@@ -22,6 +23,13 @@ labelled patients, few unlabelled ones; `osteosim.generate`, cached), and is sco
 validation and test splits, internal sites, vertebra level (the grid's headline metric).
 Writes <out>/reader_curve.{json,md} and prints the table. Generated data: a property of the
 generator at this ROI geometry, not of real CT.
+
+`--model-data N` puts the fine-tuned model on the same curve instead: it writes
+<out>/data<N>/manifest.csv, whose train split is N vertebrae (whole patients, the first draw of
+the rule above) of the independent cohort's own train split and whose validation and test
+splits are the data set's (absolute paths; ids of the drawn rows prefixed `s<seed>-`), and prints
+the fine-tuning command that reads it (configs/finetune.py, `--config.data.dir`, the encoder of
+a pre-training workdir): the model is then scored on the very test split of the readers.
 """
 import argparse
 import json
@@ -113,6 +121,33 @@ def fit_score(train: pd.DataFrame, evals: dict, devices, levels) -> dict:
   return out
 
 
+def draw_patients(rows: pd.DataFrame, n: int, rng) -> pd.DataFrame:
+  """Whole patients of `rows`, in a random order, until at least n vertebrae."""
+  counts = rows.groupby('patient_id').size().reindex(
+      rng.permutation(rows.patient_id.unique())).cumsum()
+  return rows[rows.patient_id.isin(counts.index[:int(np.searchsorted(counts, n)) + 1])]
+
+
+def write_model_data(base: str, extra_dir: str, extra_seed: int, n: int, out: str) -> str:
+  """The data folder of --model-data n (see the module doc); returns its path."""
+  from osteojax.data import io as dio
+  from osteojax.data import osteosim
+  own = osteosim.read_manifest(base)
+  extra = osteosim.read_manifest(extra_dir)
+  train = draw_patients(extra[extra.split == 'train'], n, np.random.default_rng(0)).copy()
+  evals = own[own.split.isin(['valid', 'test'])].copy()
+  for df, root, tag in ((train, extra_dir, f's{extra_seed}-'), (evals, base, '')):
+    df['roi_id'] = tag + df.roi_id.astype(str)
+    df['patient_id'] = tag + df.patient_id.astype(str)
+    for col in ('path', 'mask_path'):
+      df[col] = [os.path.join(os.path.abspath(root), q) for q in df[col]]
+  folder = os.path.join(out, f'data{n}')
+  os.makedirs(folder, exist_ok=True)
+  dio.atomic_write_text(os.path.join(folder, osteosim.MANIFEST),
+                        pd.concat([train, evals]).to_csv(index=False))
+  return folder
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--data', default='data/osteosim_paper_s0.05_l0.2_seed0_32x32x32',
@@ -124,6 +159,11 @@ def main(argv=None):
                  help='training vertebrae drawn from the independent cohort (0: all)')
   p.add_argument('--draws', type=int, default=3)
   p.add_argument('--out', default='results/reader_curve')
+  p.add_argument('--model-data', type=int, nargs='+', default=[], metavar='N',
+                 help='write the data folder(s) for fine-tuning the model on N vertebrae of the '
+                      'independent cohort, print the commands, and stop (no readers)')
+  p.add_argument('--pretrained', default='runs/default/pretrain',
+                 help='pre-training workdir named in the printed fine-tuning command')
   args = p.parse_args(argv)
   sys.path.insert(0, ROOT)
   from osteojax.data import io as dio
@@ -141,6 +181,13 @@ def main(argv=None):
                            + 'x'.join(map(str, geometry.shape)))
   osteosim.generate(extra_dir, EXTRA_SCALE, args.extra_seed, geometry, 0,
                     labeled_scale=args.extra_scale, cohort_name=meta['cohort'])
+  for n in args.model_data:
+    folder = write_model_data(base, extra_dir, args.extra_seed, n, args.out)
+    print(f'python -m osteojax.main --config configs/finetune.py --workdir '
+          f'{os.path.join(args.out, f"finetune{n}")} --config.data.dir={folder} '
+          f'--config.init.checkpoint={args.pretrained}')
+  if args.model_data:
+    return 0
   own = table(base, os.path.join(args.out, 'stats_' + os.path.basename(base) + '.csv'))
   extra = table(extra_dir, os.path.join(args.out, 'stats_' + os.path.basename(extra_dir) + '.csv'))
   devices = sorted(own.device.astype(str).unique())
@@ -149,17 +196,11 @@ def main(argv=None):
   rows = [dict(train='own train split', size=int((own.split == 'train').sum()),
                n=int((own.split == 'train').sum()), draw=0,
                **fit_score(own[own.split == 'train'], evals, devices, levels))]
-  patients = extra.patient_id.unique()
-  sizes = extra.groupby('patient_id').size()
   rng = np.random.default_rng(0)
   for n in args.sizes:
     whole = n <= 0 or n >= len(extra)
     for draw in range(1 if whole else args.draws):
-      if whole:
-        sub = extra
-      else:                                   # whole patients until n vertebrae
-        counts = sizes.reindex(rng.permutation(patients)).cumsum()
-        sub = extra[extra.patient_id.isin(counts.index[:int(np.searchsorted(counts, n)) + 1])]
+      sub = extra if whole else draw_patients(extra, n, rng)
       rows.append(dict(train=f'independent cohort (seed {args.extra_seed})',
                        size=len(extra) if whole else n, n=len(sub), draw=draw,
                        **fit_score(sub, evals, devices, levels)))

@@ -49,7 +49,7 @@ class ManifestError(Exception):
 def read_manifest(path: str) -> List[Dict[str, str]]:
   """Rows of a pool input manifest; relative image paths are resolved against its folder."""
   try:
-    with open(path, newline='') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:
       reader = csv.DictReader(f)
       rows = list(reader)
       columns = reader.fieldnames or []
