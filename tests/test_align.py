@@ -198,6 +198,13 @@ def test_align_tables_plan():
   assert len(both) == len(align_tables.CHANNELS) + 1 + len(align_tables.TEMPERATURES)
   assert not any('eval_split' in o for r in both for o in r[4])
   assert align_tables.result_path('R', 'temperature', 'tau0.05_seed0').endswith('eval_test.json')
+  sched = align_tables.runs([0, 1, 2], ('schedule',))   # chooses the default too: validation only
+  assert [r[2] for r in sched] == [f'{n}_seed{s}' for s in (0, 1, 2) for n in ('lr_constant',
+                                                                              'lr_cosine')]
+  assert all('--config.eval_split=val' in r[4] for r in sched)
+  assert {o for r in sched for o in r[4] if 'decay' in o} == {'--config.optim.decay=constant',
+                                                            '--config.optim.decay=cosine'}
+  assert align_tables.result_path('R', 'schedule', 'lr_cosine_seed2').endswith('eval_val.json')
 
 
 def test_every_config_argument_builds_and_scales():

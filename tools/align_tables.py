@@ -17,8 +17,13 @@ then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
   Every run keeps its checkpoint of best validation mean rank, so these validation figures are
   optimistic for all rows alike; test is never used to choose.
 
+- schedule: the learning-rate schedule at the default's steps (constant Adam lr against cosine
+  decay from the same lr to 0), evaluated like the recipe rows on the validation split only,
+  with the same placement columns and validation curves.
+
   python tools/align_tables.py --root results/align_tables --seeds 0,1   # at the default
   python tools/align_tables.py --root results/align_recipe --tables recipe --seeds 0,1
+  python tools/align_tables.py --root results/align_schedule --tables schedule --seeds 0,1,2
 
 `--record DIR` keeps a copy of each finished run's evaluation (eval_<split>.json, a few kB: the
 metrics, not the weights) in DIR as <name>.eval_<split>.json, and counts a run recorded there as
@@ -63,13 +68,20 @@ RECIPES = [   # (label, run name, config argument, overrides)
     ('1 pooling, 800 steps', 'pools1_steps800', '',
      ['--config.model.pools=1', '--config.steps=800']),
 ]
+SCHEDULES = [   # (label, run name, overrides): the learning-rate schedule at the default's steps
+    ('constant lr 1e-3', 'lr_constant', ['--config.optim.decay=constant']),
+    ('cosine decay from lr 1e-3 to 0', 'lr_cosine', ['--config.optim.decay=cosine']),
+]
 KEYS = ('recall@1', 'recall@5', 'recall@10', 'mean_rank', 'auc', 'eer', 'tpr_at_fpr')
 PLACEMENT_KEYS = ('within_one_cell', 'mean_distance_cells', 'peak_in_top_row')
 TITLES = dict(channels='Channel subsets (tau 0.01)',
               temperature='Temperature (DXA bone+tissue, MRI fat+water)',
               recipe=f'Encoder scale and augmentation (validation split; {RECIPE_STEPS} steps '
-                     'unless stated)')
-SPLIT = dict(channels='test', temperature='test', recipe='val')
+                     'unless stated)',
+              schedule="Learning-rate schedule (validation split; the default's steps)")
+SPLIT = dict(channels='test', temperature='test', recipe='val', schedule='val')
+CHOICE = ('recipe', 'schedule')
+STYLES = ('-', '--', ':', '-.')   # line style of seed k in the validation curves   # tables read on the validation split, with placement and curves
 
 
 def runs(seeds, tables=tuple(TITLES)):
@@ -89,6 +101,9 @@ def runs(seeds, tables=tuple(TITLES)):
   if 'recipe' in tables:
     out += [('recipe', label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], arg)
             for seed in seeds for label, name, arg, over in RECIPES]
+  if 'schedule' in tables:
+    out += [('schedule', label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], '')
+            for seed in seeds for label, name, over in SCHEDULES]
   return out
 
 
@@ -158,6 +173,8 @@ def main(argv=None):
     t = time.time()
     if table == 'recipe':
       sized = [] if any('steps=' in o for o in over) else [f'--config.steps={RECIPE_STEPS}']
+    elif table == 'schedule':
+      sized = []
     else:
       # checkpoints at the config's cadence, so a run cut short resumes from its last one
       sized = ([f'--config.steps={args.steps}'] if args.steps else []) + [
@@ -182,7 +199,7 @@ def main(argv=None):
         done[name] = json.load(f)
   lines, table_json = [], {}
   for table in tables:
-    place = table == 'recipe'
+    place = table in CHOICE
     lines += [f'### {TITLES[table]}', '',
               '| input | seeds | R@1 % | R@5 % | R@10 % | mean rank | AUC | EER % | TPR@FPR=1% |'
               ' R@1 / reference % |'
@@ -218,7 +235,7 @@ def main(argv=None):
     lines.append('')
   steps = f'{args.steps} training steps' if args.steps else "the default's training steps"
   head = (f'Generated BodySim data; channel and temperature rows: test split, {steps}, '
-          f'shift_px {args.shift_px}; recipe rows: validation split, the '
+          f'shift_px {args.shift_px}; recipe and schedule rows: validation split, the '
           f'default\'s steps, the checkpoint of best validation mean rank. Mean ± sd over '
           f'seeds (model init, batch order, augmentation; the data is fixed).\n')
   os.makedirs(args.root, exist_ok=True)
@@ -226,15 +243,17 @@ def main(argv=None):
   dio.atomic_write_text(os.path.join(args.root, 'align_tables.md'), head + '\n' + '\n'.join(lines))
   dio.atomic_write_text(os.path.join(args.root, 'align_tables.json'), json.dumps(
       dict(steps=args.steps, shift_px=args.shift_px, tables=table_json), indent=1))
-  if 'recipe' in tables:
-    curves(args.root, [r for r in plan if r[0] == 'recipe'])
+  for table in CHOICE:
+    if table in tables:
+      curves(args.root, [r for r in plan if r[0] == table], table)
   print(head + '\n' + '\n'.join(lines))
   return 0
 
 
-def curves(root: str, plan) -> str | None:
-  """<root>/validation_curves.png: validation mean rank against training steps, one colour per
-  recipe row, one line per seed (from each run's validation.json)."""
+def curves(root: str, plan, table: str = 'recipe') -> str | None:
+  """<root>/validation_curves.png (<root>/validation_curves_<table>.png for another table than
+  the recipe): validation mean rank against training steps, one colour per row, one line style
+  per seed (from each run's validation.json)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -249,17 +268,19 @@ def curves(root: str, plan) -> str | None:
       e = json.load(f)['entries']
     c = colours.setdefault(label, f'C{len(colours)}')
     ax.plot([x['step'] for x in e], [x['mean_rank'] for x in e], color=c, lw=1.2,
-            ls='-' if seed == 0 else '--', label=f'{label} (seed {seed})')
+            ls=STYLES[seed % len(STYLES)], label=f'{label} (seed {seed})')
   if not colours:
     plt.close(fig)
     return None
   ax.set_yscale('log')
   ax.set_xlabel('training step (batch 16)')
   ax.set_ylabel('validation mean rank (50 pairs; 1 = perfect)')
-  ax.set_title('Aligner recipes on generated BodySim data (validation split)', fontsize=9)
+  what = 'recipes' if table == 'recipe' else 'learning-rate schedules'
+  ax.set_title(f'Aligner {what} on generated BodySim data (validation split)', fontsize=9)
   ax.legend(fontsize=6, loc='upper right')
   fig.tight_layout()
-  out = os.path.join(root, 'validation_curves.png')
+  out = os.path.join(root, 'validation_curves.png' if table == 'recipe'
+                     else f'validation_curves_{table}.png')
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
