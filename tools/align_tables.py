@@ -80,8 +80,8 @@ TITLES = dict(channels='Channel subsets (tau 0.01)',
                      'unless stated)',
               schedule="Learning-rate schedule (validation split; the default's steps)")
 SPLIT = dict(channels='test', temperature='test', recipe='val', schedule='val')
-CHOICE = ('recipe', 'schedule')
-STYLES = ('-', '--', ':', '-.')   # line style of seed k in the validation curves   # tables read on the validation split, with placement and curves
+CHOICE = ('recipe', 'schedule')   # tables read on the validation split, with placement and curves
+STYLES = ('-', '--', ':', '-.')   # line style of seed k in the validation curves
 
 
 def runs(seeds, tables=tuple(TITLES)):
