@@ -205,6 +205,12 @@ def test_align_tables_plan():
   assert {o for r in sched for o in r[4] if 'decay' in o} == {'--config.optim.decay=constant',
                                                             '--config.optim.decay=cosine'}
   assert align_tables.result_path('R', 'schedule', 'lr_cosine_seed2').endswith('eval_val.json')
+  steps = align_tables.runs([0], ('steps',))       # so does the training length
+  assert [r[2] for r in steps] == ['steps800_seed0', 'steps1600_seed0']
+  assert all('--config.eval_split=val' in r[4] for r in steps)
+  assert [o for r in steps for o in r[4] if 'steps=' in o] == ['--config.steps=800',
+                                                               '--config.steps=1600']
+  assert align_tables.result_path('R', 'steps', 'steps1600_seed0').endswith('eval_val.json')
 
 
 def test_every_config_argument_builds_and_scales():
@@ -270,3 +276,48 @@ def test_align_tables_record_folder(tmp_path):
   row = next(line for line in (root / 'align_tables.md').read_text(encoding='utf-8').splitlines()
              if line.startswith('| B_F |'))
   assert row.split(' | ')[1:3] == ['0,1', '50.0 ± 14.1']
+
+
+def _starts_config(tmp_path):
+  cfg = align_config.get_config('tiny')
+  cfg.data.dir, cfg.eval_split = str(tmp_path / 'bs'), ''
+  cfg.steps, cfg.ckpt_every, cfg.eval_every, cfg.starts, cfg.start_steps = 3, 1, 1, 2, 1
+  return cfg
+
+
+def test_starts_bad_settings(tmp_path):
+  """Bad settings of config.starts stop before training with a clear message."""
+  from osteojax.errors import ConfigError
+  cfg = _starts_config(tmp_path)
+  for change, msg in ((dict(start_steps=3), 'start_steps must be in 1..2'),
+                      (dict(eval_every=0), 'needs validation pairs')):
+    bad = cfg.copy_and_resolve_references()
+    bad.update(change)
+    with pytest.raises(ConfigError, match=msg):
+      train.run(bad, str(tmp_path / 'bad'))
+  os.makedirs(tmp_path / 'plain' / 'checkpoints')
+  with pytest.raises(ConfigError, match='trained without starts'):
+    train.run(cfg, str(tmp_path / 'plain'))
+  assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
+
+
+@pytest.mark.slow
+def test_starts_choose_on_validation_and_go_on_as_that_seed(tmp_path):
+  """config.starts = 2: two starts train start_steps each, the lower validation mean rank is
+  kept, and the run then equals a plain run of the chosen seed (parameters and validation
+  history)."""
+  from osteojax.train import pretrained
+  cfg = _starts_config(tmp_path)
+  train.run(cfg, str(tmp_path / 'starts'))
+  rec = json.load(open(tmp_path / 'starts' / 'starts.json', encoding='utf-8'))
+  assert [r['seed'] for r in rec['starts']] == [0, 1000] and rec['start_steps'] == 1
+  assert rec['chosen_seed'] == min(rec['starts'], key=lambda r: r['mean_rank'])['seed']
+  plain = cfg.copy_and_resolve_references()
+  plain.seed, plain.starts = rec['chosen_seed'], 1
+  train.run(plain, str(tmp_path / 'plain'))
+  a, _ = pretrained.load_variables(str(tmp_path / 'starts'), 3)
+  b, _ = pretrained.load_variables(str(tmp_path / 'plain'), 3)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  hist = [json.load(open(tmp_path / w / 'validation.json', encoding='utf-8'))['entries']
+          for w in ('starts', 'plain')]
+  assert hist[0] == hist[1] and [e['step'] for e in hist[0]] == [1, 2, 3]

@@ -139,3 +139,6 @@ def test_placement_check(subjects):
   bad = br.placement_check(fd, fm, moved)
   assert bad['within_one_cell'] == 0.0, bad
   assert abs(bad['mean_distance_cells'] - 3.0) < 1.0, bad
+  dy, dx = bad['median_offset_cells']            # found - true: the truth was moved 3 cells down
+  assert abs(dy + 3.0) < 1.0 and abs(dx) < 1.0, bad
+  assert '(median offset -3' in br.placement_sentence(bad)

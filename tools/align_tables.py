@@ -6,24 +6,28 @@ Trains every run through `python -m osteojax.main --config configs/align.py` (ea
 then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
 
 - channels, temperature: evaluated on the generated BodySim test split, `--steps` per run
-  (default: configs/align.py's), translation augmentation `--shift-px` (default 1 px, the
-  default's). Every table has the keypoint-geometry reference of its pairs (the retrieval
+  (default SWEEP_STEPS, 800: the default's length when the sweep started), translation
+  augmentation `--shift-px` (default 1 px, the default's). Every table has the keypoint-geometry reference of its pairs (the retrieval
   ceiling) and each row's R@1 as a fraction of it.
 - recipe: the rows of RECIPES (the earlier recipe, the authors' augmentation with 3 / 2 / 1
   poolings, a wider translation) at RECIPE_STEPS (400), and the chosen row at 800 (the
-  default since), evaluated on the
+  default then), evaluated on the
   *validation* split only (retrieval, the keypoint-geometry reference, and where the aligner's
   correlation places each MRI map, which registration needs): the table that chose the default.
   Every run keeps its checkpoint of best validation mean rank, so these validation figures are
   optimistic for all rows alike; test is never used to choose.
 
-- schedule: the learning-rate schedule at the default's steps (constant Adam lr against cosine
-  decay from the same lr to 0), evaluated like the recipe rows on the validation split only,
-  with the same placement columns and validation curves.
+- schedule: the learning-rate schedule at SCHEDULE_STEPS (800) and SCHEDULE_LR (constant Adam
+  lr against cosine decay from the same lr to 0), evaluated like the recipe rows on the
+  validation split only, with the same placement columns and validation curves.
+- steps: 800 against 1600 steps at that constant lr, the same way. The 300-pair validation
+  reading that chose between them is `tools/eval_align.py --split val --data <a BodySim folder
+  with 300 validation pairs>` on the runs (docs/align.md).
 
   python tools/align_tables.py --root results/align_tables --seeds 0,1   # at the default
   python tools/align_tables.py --root results/align_recipe --tables recipe --seeds 0,1
   python tools/align_tables.py --root results/align_schedule --tables schedule --seeds 0,1,2
+  python tools/align_tables.py --root results/align_steps --tables steps --seeds 0,1,2,3
 
 `--record DIR` keeps a copy of each finished run's evaluation (eval_<split>.json, a few kB: the
 metrics, not the weights) in DIR as <name>.eval_<split>.json, and counts a run recorded there as
@@ -68,19 +72,27 @@ RECIPES = [   # (label, run name, config argument, overrides)
     ('1 pooling, 800 steps', 'pools1_steps800', '',
      ['--config.model.pools=1', '--config.steps=800']),
 ]
-SCHEDULES = [   # (label, run name, overrides): the learning-rate schedule at the default's steps
-    ('constant lr 1e-3', 'lr_constant', ['--config.optim.decay=constant']),
-    ('cosine decay from lr 1e-3 to 0', 'lr_cosine', ['--config.optim.decay=cosine']),
+SCHEDULE_LR, SCHEDULE_STEPS = 1e-3, 800   # the lr and steps the schedules were compared at
+SWEEP_STEPS = 800   # the channel and temperature rows: all at the length the sweep started at
+SCHEDULES = [   # (label, run name, overrides): the values are pinned, so the rows keep meaning
+    # what was run when the default changes
+    (f'constant lr {SCHEDULE_LR:g}', 'lr_constant', ['--config.optim.decay=constant']),
+    (f'cosine decay from lr {SCHEDULE_LR:g} to 0', 'lr_cosine', ['--config.optim.decay=cosine']),
 ]
+STEPS = [   # (label, run name, overrides): training length at the constant lr (a 1600-step run
+    # repeats the 800-step run of its seed, then goes on: the lr does not depend on the length)
+    (f'{n} steps, constant lr {SCHEDULE_LR:g}', f'steps{n}',
+     [f'--config.steps={n}', '--config.optim.decay=constant']) for n in (800, 1600)]
 KEYS = ('recall@1', 'recall@5', 'recall@10', 'mean_rank', 'auc', 'eer', 'tpr_at_fpr')
 PLACEMENT_KEYS = ('within_one_cell', 'mean_distance_cells', 'peak_in_top_row')
 TITLES = dict(channels='Channel subsets (tau 0.01)',
               temperature='Temperature (DXA bone+tissue, MRI fat+water)',
               recipe=f'Encoder scale and augmentation (validation split; {RECIPE_STEPS} steps '
                      'unless stated)',
-              schedule="Learning-rate schedule (validation split; the default's steps)")
-SPLIT = dict(channels='test', temperature='test', recipe='val', schedule='val')
-CHOICE = ('recipe', 'schedule')   # tables read on the validation split, with placement and curves
+              schedule=f'Learning-rate schedule (validation split; {SCHEDULE_STEPS} steps)',
+              steps='Training steps (validation split)')
+SPLIT = dict(channels='test', temperature='test', recipe='val', schedule='val', steps='val')
+CHOICE = ('recipe', 'schedule', 'steps')   # read on validation, with placement and curves
 STYLES = ('-', '--', ':', '-.')   # line style of seed k in the validation curves
 
 
@@ -104,6 +116,9 @@ def runs(seeds, tables=tuple(TITLES)):
   if 'schedule' in tables:
     out += [('schedule', label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], '')
             for seed in seeds for label, name, over in SCHEDULES]
+  if 'steps' in tables:
+    out += [('steps', label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], '')
+            for seed in seeds for label, name, over in STEPS]
   return out
 
 
@@ -143,9 +158,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--root', default='runs/align_tables')
   p.add_argument('--seeds', default='0,1')
-  p.add_argument('--steps', type=int, default=None,
-                 help="steps per run of the channel and temperature tables (default: "
-                      "configs/align.py's)")
+  p.add_argument('--steps', type=int, default=SWEEP_STEPS,
+                 help='steps per run of the channel and temperature tables (default: the 800 '
+                      'they started at, before the default became 1600)')
   p.add_argument('--shift-px', type=int, default=1,
                  help='translation augmentation of the channel and temperature tables')
   p.add_argument('--tables', default='channels,temperature',
@@ -173,8 +188,9 @@ def main(argv=None):
     t = time.time()
     if table == 'recipe':
       sized = [] if any('steps=' in o for o in over) else [f'--config.steps={RECIPE_STEPS}']
-    elif table == 'schedule':
-      sized = []
+    elif table in ('schedule', 'steps'):
+      sized = ([f'--config.steps={SCHEDULE_STEPS}'] if table == 'schedule' else []) + [
+          f'--config.optim.lr={SCHEDULE_LR}']
     else:
       # checkpoints at the config's cadence, so a run cut short resumes from its last one
       sized = ([f'--config.steps={args.steps}'] if args.steps else []) + [
@@ -235,9 +251,10 @@ def main(argv=None):
     lines.append('')
   steps = f'{args.steps} training steps' if args.steps else "the default's training steps"
   head = (f'Generated BodySim data; channel and temperature rows: test split, {steps}, '
-          f'shift_px {args.shift_px}; recipe and schedule rows: validation split, the '
-          f'default\'s steps, the checkpoint of best validation mean rank. Mean ± sd over '
-          f'seeds (model init, batch order, augmentation; the data is fixed).\n')
+          f'shift_px {args.shift_px}; recipe, schedule and steps rows: validation split, '
+          f'the steps their titles and labels state, the checkpoint of best validation mean '
+          f'rank. Mean ± sd over seeds (model init, batch order, augmentation; the data is '
+          f'fixed).\n')
   os.makedirs(args.root, exist_ok=True)
   from osteojax.data import io as dio
   dio.atomic_write_text(os.path.join(args.root, 'align_tables.md'), head + '\n' + '\n'.join(lines))
@@ -275,7 +292,8 @@ def curves(root: str, plan, table: str = 'recipe') -> str | None:
   ax.set_yscale('log')
   ax.set_xlabel('training step (batch 16)')
   ax.set_ylabel('validation mean rank (50 pairs; 1 = perfect)')
-  what = 'recipes' if table == 'recipe' else 'learning-rate schedules'
+  what = dict(recipe='recipes', schedule='learning-rate schedules',
+              steps='training lengths')[table]
   ax.set_title(f'Aligner {what} on generated BodySim data (validation split)', fontsize=9)
   ax.legend(fontsize=6, loc='upper right')
   fig.tight_layout()

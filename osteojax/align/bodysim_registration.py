@@ -243,14 +243,16 @@ def placement_check(dxa_maps, mri_maps, truths, stride: int = STRIDE) -> dict:
   For every pair: the valid placement (MRI map wholly inside the DXA map, as in training) of
   the strongest correlation (osteojax.align.correlation), and the true placement of the MRI
   map's cell (0, 0) (truth in cells, rotation ignored: |theta| <= 5 degrees). -> fractions of
-  pairs within 0.5 / 1 cell, mean distance (cells), the fraction peaking in the top row, and
-  the mean spread (max - min) of the correlation over placements.
+  pairs within 0.5 / 1 cell, mean distance (cells), the median signed offset (rows, columns;
+  found - true, in cells: an aligner that settled on a wrong correspondence puts every pair
+  about the same distance off), the fraction peaking in the top row, and the mean spread
+  (max - min) of the correlation over placements.
   """
   import jax.numpy as jnp
 
   from osteojax.align import correlation
 
-  dist, top, spread = [], [], []
+  dist, off, top, spread = [], [], [], []
   for d, m, t in zip(dxa_maps, mri_maps, truths):
     c = np.asarray(correlation.correlation_maps_fft(jnp.asarray(d[None]),
                                                     jnp.asarray(m[None])))[0, 0]
@@ -258,11 +260,13 @@ def placement_check(dxa_maps, mri_maps, truths, stride: int = STRIDE) -> dict:
     cells = t.change_units(1.0 / stride, (-(stride - 1) / 2 / stride,) * 2)
     tx, ty = cells.apply([[0.0, 0.0]])[0]
     dist.append(float(np.hypot(ix - tx, iy - ty)))
+    off.append((iy - ty, ix - tx))
     top.append(iy == 0)
     spread.append(float(c.max() - c.min()))
   dist = np.array(dist)
   return dict(pairs=len(dist), stride_px=int(stride), within_half_cell=float(np.mean(dist <= 0.5)),
               within_one_cell=float(np.mean(dist <= 1.0)), mean_distance_cells=float(dist.mean()),
+              median_offset_cells=[float(v) for v in np.median(np.array(off), axis=0)],
               peak_in_top_row=float(np.mean(top)), mean_correlation_spread=float(np.mean(spread)))
 
 
@@ -271,5 +275,7 @@ def placement_sentence(placement: dict) -> str:
   return (f'where the aligner\'s own correlation (valid placements, as in training) puts each '
           f'MRI map on its DXA map: {placement["within_one_cell"]:.0%} within one cell '
           f'({placement.get("stride_px", STRIDE)} px) of '
-          f'the true placement, mean distance {placement["mean_distance_cells"]:.2f} cells, peak '
-          f'in the top row for {placement["peak_in_top_row"]:.0%} of the pairs.')
+          f'the true placement, mean distance {placement["mean_distance_cells"]:.2f} cells'
+          + (' (median offset {:+.1f} rows, {:+.1f} columns)'.format(
+              *placement['median_offset_cells']) if 'median_offset_cells' in placement else '')
+          + f', peak in the top row for {placement["peak_in_top_row"]:.0%} of the pairs.')

@@ -9,8 +9,18 @@ step's `pmean` then averages D identical-scale copies, so the update equals the 
 Every config.eval_every steps the validation pairs are retrieved and the checkpoint with the
 best validation mean rank is kept in <workdir>/best (the authors' choice); the test split is then
 evaluated with it (osteojax.align.retrieval) into <workdir>/eval_test.*.
+
+With config.starts = k > 1 the run first trains k starts for config.start_steps steps each
+(start i with seed config.seed + 1000 i, in <workdir>/starts/seed<s>), keeps the one with the
+lowest validation mean rank and goes on from it: the run is then the same as a plain run with
+that seed. Some seeds settle early on a wrong correspondence (every MRI placed the same distance
+off), which longer training does not undo (docs/align.md); the choice is made on validation.
 """
 from __future__ import annotations
+
+import json
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +28,7 @@ import optax
 from jax import lax
 
 from osteojax.align import correlation, encoders, pairs
+from osteojax.data import io as dio
 from osteojax.errors import ConfigError
 from osteojax.evaluate import metrics
 from osteojax.objectives import contrastive
@@ -69,10 +80,12 @@ def make_tx(c, total_steps: int):
   return optax.adam(lr, b1=c.b1, b2=c.b2)
 
 
-def init_state(config, model, dxa_shape, mri_shape, total_steps: int) -> lib.TrainState:
-  """dxa_shape / mri_shape: one scan's [H, W, C]."""
+def init_state(config, model, dxa_shape, mri_shape, total_steps: int,
+               seed: int | None = None) -> lib.TrainState:
+  """dxa_shape / mri_shape: one scan's [H, W, C]; seed: config.seed unless given."""
   v = jax.jit(lambda k, a, b: model.init(k, a, b, train=False))(      # one compilation
-      jax.random.PRNGKey(config.seed), jnp.zeros((2,) + tuple(dxa_shape)),
+      jax.random.PRNGKey(config.seed if seed is None else seed),
+      jnp.zeros((2,) + tuple(dxa_shape)),
       jnp.zeros((2,) + tuple(mri_shape)))
   return lib.create_state(apply_fn=model.apply, params=v['params'],
                           tx=make_tx(config.optim, total_steps),
@@ -139,7 +152,6 @@ def run(config, workdir: str):
                       f'{jax.device_count()} devices')
   total = config.steps
   model = encoders.build_model(config)
-  state = init_state(config, model, dxa.shape[1:], mri.shape[1:], total)
   g = encoders.scale_summary(config)
   print(f'[align] {n} training pairs, DXA {dxa.shape[1:]} MRI {mri.shape[1:]} at '
         f'{g["spacing_mm"]:g} mm, encoder {config.model.encoder} ({g["pools"]} poolings: '
@@ -148,17 +160,84 @@ def run(config, workdir: str):
         f'{config.loss.temperature}, {total} steps of batch {config.batch_size} on '
         f'{jax.device_count()} device(s)', flush=True)
 
-  def make_batch(step):
-    idx = lib.host_indices(lib.batch_indices(n, config.batch_size, config.seed, step))
-    return {'dxa': dxa[idx], 'mri': mri[idx]}
-
   lr_fn = None if config.optim.decay == 'constant' else lib.make_schedule(config.optim, total)
   eval_fn = validation_fn(config, model) if config.get('eval_every') else None
-  state = lib.fit(workdir=workdir, state=state, loss_fn=make_loss_fn(config, model),
-                  make_batch=make_batch, total_steps=total, seed=config.seed,
-                  batch_size=config.batch_size, log_every=config.log_every,
-                  ckpt_every=config.ckpt_every, lr_fn=lr_fn, name='align',
-                  eval_fn=eval_fn, eval_every=config.get('eval_every') or 0)
+  loss_fn = make_loss_fn(config, model)
+
+  def train(seed, folder, steps, eval_every):
+    """lib.fit of `steps` of the run's schedule (over `total`) with this seed in folder."""
+    def make_batch(step):
+      idx = lib.host_indices(lib.batch_indices(n, config.batch_size, seed, step))
+      return {'dxa': dxa[idx], 'mri': mri[idx]}
+    return lib.fit(workdir=folder, state=init_state(config, model, dxa.shape[1:], mri.shape[1:],
+                                                    total, seed),
+                   loss_fn=loss_fn, make_batch=make_batch, total_steps=steps, seed=seed,
+                   batch_size=config.batch_size, log_every=config.log_every,
+                   ckpt_every=config.ckpt_every, lr_fn=lr_fn, name='align',
+                   eval_fn=eval_fn, eval_every=eval_every)
+
+  seed = choose_start(config, workdir, train, eval_fn is not None)
+  state = train(seed, workdir, total, config.get('eval_every') or 0)
   if config.eval_split:              # single-process inference, one writer
     lib.primary_only(lambda: retrieval.evaluate_run(workdir, config.eval_split), 'evaluate')
   return state
+
+
+START_SEED_STRIDE = 1000        # start i of a run of seed s trains with seed s + 1000 i
+STARTS_FILE = 'starts.json'
+
+
+def choose_start(config, workdir: str, train, has_validation: bool) -> int:
+  """The seed the run goes on with: config.seed, or with config.starts = k > 1 the seed of the
+  start with the lowest validation mean rank after config.start_steps steps.
+
+  train(seed, folder, steps, eval_every) trains one start (lib.fit: each start resumes from its
+  own checkpoints). The chosen start's checkpoints, best checkpoint and validation history are
+  copied into workdir, where the run resumes from them; <workdir>/starts.json records every
+  start and the choice, and a resumed run reads it instead of choosing again.
+  """
+  k = int(config.get('starts', 1) or 1)
+  if k <= 1:
+    return config.seed
+  record = os.path.join(workdir, STARTS_FILE)
+  if os.path.exists(record):
+    with open(record, encoding='utf-8') as f:
+      return int(json.load(f)['chosen_seed'])
+  steps = int(config.get('start_steps', 0) or 0)
+  if not has_validation:
+    raise ConfigError('starts > 1 chooses on the validation split: it needs validation pairs '
+                      'and eval_every > 0')
+  if not 0 < steps < config.steps:
+    raise ConfigError(f'start_steps must be in 1..{config.steps - 1} (steps); got {steps}')
+  root = os.path.join(workdir, 'starts')
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and not os.path.isdir(root):
+    raise ConfigError(f'{workdir} holds a run trained without starts; use a new workdir')
+  starts = []
+  for i in range(k):
+    seed = config.seed + START_SEED_STRIDE * i
+    folder = os.path.join(root, f'seed{seed}')
+    print(f'[align] start {i + 1}/{k}: seed {seed}, {steps} steps', flush=True)
+    train(seed, folder, steps, steps)
+    with open(os.path.join(folder, lib.ValidationHistory.FILE), encoding='utf-8') as f:
+      last = json.load(f)['entries'][-1]
+    starts.append(dict(seed=seed, step=last['step'], mean_rank=last['mean_rank'],
+                       recall_at_1=last['recall@1']))
+  chosen = min(starts, key=lambda r: r['mean_rank'])['seed']    # ties: the first start
+
+  def place():         # a placement cut short is redone: starts.json is written last
+    src = os.path.join(root, f'seed{chosen}')
+    for name in ('checkpoints', 'best', lib.ValidationHistory.FILE):
+      dst = os.path.join(workdir, name)
+      if os.path.isdir(dst):
+        shutil.rmtree(dst)
+      if os.path.isdir(os.path.join(src, name)):
+        shutil.copytree(os.path.join(src, name), dst)
+      else:
+        shutil.copy2(os.path.join(src, name), dst)
+    dio.atomic_write_text(record, json.dumps(dict(start_steps=steps, starts=starts,
+                                                  chosen_seed=chosen), indent=1))
+  lib.primary_only(place, 'starts')
+  print(f'[align] starts (validation mean rank after {steps} steps): ' + ', '.join(
+      f'seed {r["seed"]} {r["mean_rank"]:.2f}' for r in starts) + f'; going on with seed {chosen}',
+        flush=True)
+  return chosen
