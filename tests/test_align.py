@@ -299,6 +299,10 @@ def test_starts_bad_settings(tmp_path):
   with pytest.raises(ConfigError, match='trained without starts'):
     train.run(cfg, str(tmp_path / 'plain'))
   assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
+  from osteojax.align import encoders       # the seed a run of several starts trained with
+  assert encoders.trained_seed(str(tmp_path / 'plain'), cfg) == cfg.seed
+  (tmp_path / 'plain' / encoders.STARTS_FILE).write_text('{"chosen_seed": 1000}')
+  assert encoders.trained_seed(str(tmp_path / 'plain'), cfg) == 1000
 
 
 @pytest.mark.slow
@@ -321,3 +325,7 @@ def test_starts_choose_on_validation_and_go_on_as_that_seed(tmp_path):
   hist = [json.load(open(tmp_path / w / 'validation.json', encoding='utf-8'))['entries']
           for w in ('starts', 'plain')]
   assert hist[0] == hist[1] and [e['step'] for e in hist[0]] == [1, 2, 3]
+  from osteojax.align import retrieval
+  (tmp_path / 'starts' / 'config.json').write_text(cfg.to_json_best_effort())  # as tasks.run
+  res = retrieval.evaluate_run(str(tmp_path / 'starts'), 'val')
+  assert res['seed'] == 0 and res['trained_seed'] == rec['chosen_seed']

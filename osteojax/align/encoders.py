@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +73,19 @@ def similarity_all(dxa_maps, mri_maps, chunk: int = 64) -> np.ndarray:
     rows.append(np.concatenate([np.asarray(f(dxa_maps[i:i + chunk], mri_maps[j:j + chunk]))
                                 for j in range(0, len(mri_maps), chunk)], axis=1))
   return np.concatenate(rows, axis=0)
+
+
+STARTS_FILE = 'starts.json'    # a run of several starts: each start and the choice (train.py)
+
+
+def trained_seed(workdir: str, config) -> int:
+  """The seed workdir's run trained with: the chosen start's when it had several
+  (config.starts > 1), else config.seed."""
+  record = os.path.join(workdir, STARTS_FILE)
+  if not os.path.exists(record):
+    return config.seed
+  with open(record, encoding='utf-8') as f:
+    return int(json.load(f)['chosen_seed'])
 
 
 def load_encoders(workdir: str, step: int | None = None):

@@ -113,14 +113,15 @@ def evaluate_run(workdir: str, split: str = 'test', data_dir: str | None = None,
   frac = m['recall@1'] / mr['recall@1'] if mr and mr['recall@1'] else float('nan')
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
+  trained = encoders.trained_seed(workdir, config)
   name = (f'{config.model.encoder} DXA {"+".join(config.model.dxa_channels)} / MRI '
           f'{"+".join(config.model.mri_channels)}, tau {config.loss.temperature}, '
-          f'seed {config.seed}')
+          f'seed {config.seed}' + (f' (start seed {trained})' if trained != config.seed else ''))
   pngs = plot_curves(sim, os.path.join(out_dir, f'eval_{split}'), name)
   res = dict(workdir=os.path.abspath(workdir), step=int(step), split=split, n=len(sim),
              encoder=config.model.encoder, dxa_channels=list(config.model.dxa_channels),
              mri_channels=list(config.model.mri_channels),
-             temperature=config.loss.temperature, seed=config.seed,
+             temperature=config.loss.temperature, seed=config.seed, trained_seed=trained,
              data_seed=config.data.seed, augment=config.augment.to_dict(),
              shift_px=config.augment.shift_px, normalise=config.data.get('normalise', 'none'),
              scale=encoders.scale_summary(config), metrics=m, reference=mr,

@@ -184,7 +184,6 @@ def run(config, workdir: str):
 
 
 START_SEED_STRIDE = 1000        # start i of a run of seed s trains with seed s + 1000 i
-STARTS_FILE = 'starts.json'
 
 
 def choose_start(config, workdir: str, train, has_validation: bool) -> int:
@@ -199,10 +198,9 @@ def choose_start(config, workdir: str, train, has_validation: bool) -> int:
   k = int(config.get('starts', 1) or 1)
   if k <= 1:
     return config.seed
-  record = os.path.join(workdir, STARTS_FILE)
+  record = os.path.join(workdir, encoders.STARTS_FILE)
   if os.path.exists(record):
-    with open(record, encoding='utf-8') as f:
-      return int(json.load(f)['chosen_seed'])
+    return encoders.trained_seed(workdir, config)
   steps = int(config.get('start_steps', 0) or 0)
   if not has_validation:
     raise ConfigError('starts > 1 chooses on the validation split: it needs validation pairs '
