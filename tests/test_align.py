@@ -211,6 +211,11 @@ def test_align_tables_plan():
   assert [o for r in steps for o in r[4] if 'steps=' in o] == ['--config.steps=800',
                                                                '--config.steps=1600']
   assert align_tables.result_path('R', 'steps', 'steps1600_seed0').endswith('eval_val.json')
+  starts = align_tables.runs([2], ('starts',))     # and the number of starts
+  assert [r[2] for r in starts] == ['starts1_seed2', 'starts3_seed2']
+  assert [o for r in starts for o in r[4] if 'starts=' in o] == ['--config.starts=1',
+                                                                 '--config.starts=3']
+  assert all('--config.eval_split=val' in r[4] for r in starts)
 
 
 def test_every_config_argument_builds_and_scales():

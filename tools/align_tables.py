@@ -7,8 +7,9 @@ then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
 
 - channels, temperature: evaluated on the generated BodySim test split, `--steps` per run
   (default SWEEP_STEPS, 800: the default's length when the sweep started), translation
-  augmentation `--shift-px` (default 1 px, the default's). Every table has the keypoint-geometry reference of its pairs (the retrieval
-  ceiling) and each row's R@1 as a fraction of it.
+  augmentation `--shift-px` (default 1 px, the default's). Every table has the
+  keypoint-geometry reference of its pairs (the retrieval ceiling) and each row's R@1 as a
+  fraction of it.
 - recipe: the rows of RECIPES (the earlier recipe, the authors' augmentation with 3 / 2 / 1
   poolings, a wider translation) at RECIPE_STEPS (400), and the chosen row at 800 (the
   default then), evaluated on the
@@ -23,11 +24,15 @@ then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
 - steps: 800 against 1600 steps at that constant lr, the same way. The 300-pair validation
   reading that chose between them is `tools/eval_align.py --split val --data <a BodySim folder
   with 300 validation pairs>` on the runs (docs/align.md).
+- starts: one start against three of 200 steps chosen on validation (config.starts), at
+  STARTS_STEPS (1600), the same way; the curves of a run of several starts begin at the chosen
+  start's history.
 
   python tools/align_tables.py --root results/align_tables --seeds 0,1   # at the default
   python tools/align_tables.py --root results/align_recipe --tables recipe --seeds 0,1
   python tools/align_tables.py --root results/align_schedule --tables schedule --seeds 0,1,2
   python tools/align_tables.py --root results/align_steps --tables steps --seeds 0,1,2,3
+  python tools/align_tables.py --root results/align_starts --tables starts --seeds 0,1,2,3
 
 `--record DIR` keeps a copy of each finished run's evaluation (eval_<split>.json, a few kB: the
 metrics, not the weights) in DIR as <name>.eval_<split>.json, and counts a run recorded there as
@@ -83,6 +88,11 @@ STEPS = [   # (label, run name, overrides): training length at the constant lr (
     # repeats the 800-step run of its seed, then goes on: the lr does not depend on the length)
     (f'{n} steps, constant lr {SCHEDULE_LR:g}', f'steps{n}',
      [f'--config.steps={n}', '--config.optim.decay=constant']) for n in (800, 1600)]
+STARTS_STEPS = 1600   # the default's length when several starts were first compared
+STARTS = [   # (label, run name, overrides): one start against three chosen on validation
+    ('1 start', 'starts1', ['--config.starts=1']),
+    ('3 starts of 200 steps, the best on validation', 'starts3',
+     ['--config.starts=3', '--config.start_steps=200'])]
 KEYS = ('recall@1', 'recall@5', 'recall@10', 'mean_rank', 'auc', 'eer', 'tpr_at_fpr')
 PLACEMENT_KEYS = ('within_one_cell', 'mean_distance_cells', 'peak_in_top_row')
 TITLES = dict(channels='Channel subsets (tau 0.01)',
@@ -90,9 +100,11 @@ TITLES = dict(channels='Channel subsets (tau 0.01)',
               recipe=f'Encoder scale and augmentation (validation split; {RECIPE_STEPS} steps '
                      'unless stated)',
               schedule=f'Learning-rate schedule (validation split; {SCHEDULE_STEPS} steps)',
-              steps='Training steps (validation split)')
-SPLIT = dict(channels='test', temperature='test', recipe='val', schedule='val', steps='val')
-CHOICE = ('recipe', 'schedule', 'steps')   # read on validation, with placement and curves
+              steps='Training steps (validation split)',
+              starts=f'Several starts (validation split; {STARTS_STEPS} steps)')
+SPLIT = dict(channels='test', temperature='test', recipe='val', schedule='val', steps='val',
+             starts='val')
+CHOICE = ('recipe', 'schedule', 'steps', 'starts')   # read on validation, with placement and curves
 STYLES = ('-', '--', ':', '-.')   # line style of seed k in the validation curves
 
 
@@ -116,9 +128,10 @@ def runs(seeds, tables=tuple(TITLES)):
   if 'schedule' in tables:
     out += [('schedule', label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], '')
             for seed in seeds for label, name, over in SCHEDULES]
-  if 'steps' in tables:
-    out += [('steps', label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], '')
-            for seed in seeds for label, name, over in STEPS]
+  for table, rows in (('steps', STEPS), ('starts', STARTS)):
+    if table in tables:
+      out += [(table, label, f'{name}_seed{seed}', seed, over + ['--config.eval_split=val'], '')
+              for seed in seeds for label, name, over in rows]
   return out
 
 
@@ -188,8 +201,9 @@ def main(argv=None):
     t = time.time()
     if table == 'recipe':
       sized = [] if any('steps=' in o for o in over) else [f'--config.steps={RECIPE_STEPS}']
-    elif table in ('schedule', 'steps'):
-      sized = ([f'--config.steps={SCHEDULE_STEPS}'] if table == 'schedule' else []) + [
+    elif table in ('schedule', 'steps', 'starts'):
+      sized = ([f'--config.steps={SCHEDULE_STEPS}'] if table == 'schedule' else
+               [f'--config.steps={STARTS_STEPS}'] if table == 'starts' else []) + [
           f'--config.optim.lr={SCHEDULE_LR}']
     else:
       # checkpoints at the config's cadence, so a run cut short resumes from its last one
@@ -251,7 +265,7 @@ def main(argv=None):
     lines.append('')
   steps = f'{args.steps} training steps' if args.steps else "the default's training steps"
   head = (f'Generated BodySim data; channel and temperature rows: test split, {steps}, '
-          f'shift_px {args.shift_px}; recipe, schedule and steps rows: validation split, '
+          f'shift_px {args.shift_px}; recipe, schedule, steps and starts rows: validation split, '
           f'the steps their titles and labels state, the checkpoint of best validation mean '
           f'rank. Mean ± sd over seeds (model init, batch order, augmentation; the data is '
           f'fixed).\n')
@@ -293,7 +307,7 @@ def curves(root: str, plan, table: str = 'recipe') -> str | None:
   ax.set_xlabel('training step (batch 16)')
   ax.set_ylabel('validation mean rank (50 pairs; 1 = perfect)')
   what = dict(recipe='recipes', schedule='learning-rate schedules',
-              steps='training lengths')[table]
+              steps='training lengths', starts='numbers of starts')[table]
   ax.set_title(f'Aligner {what} on generated BodySim data (validation split)', fontsize=9)
   ax.legend(fontsize=6, loc='upper right')
   fig.tight_layout()
