@@ -81,8 +81,10 @@ SCHEDULE_LR, SCHEDULE_STEPS = 1e-3, 800   # the lr and steps the schedules were 
 SWEEP_STEPS = 800   # the channel and temperature rows: all at the length the sweep started at
 SCHEDULES = [   # (label, run name, overrides): the values are pinned, so the rows keep meaning
     # what was run when the default changes
-    (f'constant lr {SCHEDULE_LR:g}', 'lr_constant', ['--config.optim.decay=constant']),
-    (f'cosine decay from lr {SCHEDULE_LR:g} to 0', 'lr_cosine', ['--config.optim.decay=cosine']),
+    (f'constant lr {SCHEDULE_LR:g}', 'lr_constant',
+     [f'--config.steps={SCHEDULE_STEPS}', '--config.optim.decay=constant']),
+    (f'cosine decay from lr {SCHEDULE_LR:g} to 0', 'lr_cosine',
+     [f'--config.steps={SCHEDULE_STEPS}', '--config.optim.decay=cosine']),
 ]
 STEPS = [   # (label, run name, overrides): training length at the constant lr (a 1600-step run
     # repeats the 800-step run of its seed, then goes on: the lr does not depend on the length)
@@ -90,9 +92,9 @@ STEPS = [   # (label, run name, overrides): training length at the constant lr (
      [f'--config.steps={n}', '--config.optim.decay=constant']) for n in (800, 1600)]
 STARTS_STEPS = 1600   # the default's length when several starts were first compared
 STARTS = [   # (label, run name, overrides): one start against three chosen on validation
-    ('1 start', 'starts1', ['--config.starts=1']),
+    ('1 start', 'starts1', [f'--config.steps={STARTS_STEPS}', '--config.starts=1']),
     ('3 starts of 200 steps, the best on validation', 'starts3',
-     ['--config.starts=3', '--config.start_steps=200'])]
+     [f'--config.steps={STARTS_STEPS}', '--config.starts=3', '--config.start_steps=200'])]
 KEYS = ('recall@1', 'recall@5', 'recall@10', 'mean_rank', 'auc', 'eer', 'tpr_at_fpr')
 PLACEMENT_KEYS = ('within_one_cell', 'mean_distance_cells', 'peak_in_top_row')
 TITLES = dict(channels='Channel subsets (tau 0.01)',
@@ -201,10 +203,8 @@ def main(argv=None):
     t = time.time()
     if table == 'recipe':
       sized = [] if any('steps=' in o for o in over) else [f'--config.steps={RECIPE_STEPS}']
-    elif table in ('schedule', 'steps', 'starts'):
-      sized = ([f'--config.steps={SCHEDULE_STEPS}'] if table == 'schedule' else
-               [f'--config.steps={STARTS_STEPS}'] if table == 'starts' else []) + [
-          f'--config.optim.lr={SCHEDULE_LR}']
+    elif table in ('schedule', 'steps', 'starts'):     # their rows state their steps
+      sized = [f'--config.optim.lr={SCHEDULE_LR}']
     else:
       # checkpoints at the config's cadence, so a run cut short resumes from its last one
       sized = ([f'--config.steps={args.steps}'] if args.steps else []) + [

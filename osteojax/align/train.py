@@ -199,7 +199,7 @@ def choose_start(config, workdir: str, train, has_validation: bool) -> int:
   if k <= 1:
     return config.seed
   record = os.path.join(workdir, encoders.STARTS_FILE)
-  if os.path.exists(record):
+  if os.path.exists(record):                 # chosen before this run was cut short
     return encoders.trained_seed(workdir, config)
   steps = int(config.get('start_steps', 0) or 0)
   if not has_validation:
