@@ -142,3 +142,28 @@ def test_placement_check(subjects):
   dy, dx = bad['median_offset_cells']            # found - true: the truth was moved 3 cells down
   assert abs(dy + 3.0) < 1.0 and abs(dx) < 1.0, bad
   assert '(median offset -3' in br.placement_sentence(bad)
+
+
+def test_cell_match_check(subjects):
+  """Position-feature maps: almost every MRI cell's most similar DXA cell is at its true
+  position (rank near 0); with the truth moved 3 cells down none is, and the true cell ranks
+  far down; the chance column is what a random ranking gives."""
+  truths = [br.truth_transform(s['truth']['matrix_mri_to_dxa']) for s in subjects]
+  maps = [position_maps(s['dxa'].shape[:2], s['mri'].shape[:2], t)
+          for s, t in zip(subjects, truths)]
+  fd, fm = [m[0] for m in maps], [m[1] for m in maps]
+  good = br.cell_match_check(fd, fm, truths, ks=(1, 10))
+  assert good['pairs'] == 2 and good['top_k_correct'][1] > 0.9, good
+  assert good['median_true_rank'] < 0.01, good
+  moved = [Rigid2D(0.0, (0.0, 24.0)) @ t for t in truths]
+  bad = br.cell_match_check(fd, fm, moved, ks=(1, 10))
+  assert bad['top_k_correct'][1] < 0.05 and bad['median_true_rank'] > 0.01, bad
+  hw = np.mean([d.shape[0] * d.shape[1] for d in fd])   # 1 to 9 cells within one cell
+  assert 1 / hw - 1e-9 <= good['chance'][1] <= 9 / hw + 1e-9, good
+  assert abs(good['chance'][10] - 10 * good['chance'][1]) < 1e-9, good
+  rng = np.random.default_rng(0)                 # random maps: near chance
+  noise = br.cell_match_check([rng.normal(size=d.shape) for d in fd],
+                              [rng.normal(size=m.shape) for m in fm], truths, ks=(10,))
+  assert noise['top_k_correct'][10] < 3 * noise['chance'][10] + 0.02, noise
+  assert 0.35 < noise['median_true_rank'] < 0.65, noise
+  assert 'among its 10 most similar' in br.cell_match_sentence(noise)

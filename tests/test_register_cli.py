@@ -188,6 +188,8 @@ def test_registration_table_one_command(setup, tmp_path):
   table = json.load(open(out / 'table1.json', encoding='utf-8'))
   assert table['pairs'] == 4
   assert {'identity', 'mattes_mi', 'dense', 'salient', 'floor'} <= {r['method'] for r in table['rows']}
+  assert table['aligner_cells']['pairs'] == 4
+  assert 'Single cells on the test pairs' in open(out / 'table1.md', encoding='utf-8').read()
   dice = json.load(open(out / 'dice.json', encoding='utf-8'))
   assert len(dice['results']) == 3
   bench = json.load(open(out / 'bench_registration.json', encoding='utf-8'))

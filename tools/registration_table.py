@@ -5,7 +5,7 @@
       --unet-seeds 0 1          # Dice table over two U-Net seeds
 
 Stages (all on generated BodySim data, the aligner's own data set):
-1. Lowe's ratio of the salient method (of 0.8, 0.9, 0.95, 0.98) and the MI channel pair (MRI
+1. Lowe's ratio of the salient method (of 0.8, 0.9, 0.95, 0.98, 0.99, 1.0) and the MI channel pair (MRI
    fat / water vs DXA bone / tissue), each the one with the lowest mean keypoint error on the
    first 20 training pairs.
 2. Refinement regressor: by default the paper's, at image resolution (configs/refine.py:image:
@@ -14,8 +14,10 @@ Stages (all on generated BodySim data, the aligner's own data set):
    --refiner maps: on feature maps, trained on the pairs the salient method aligns.
 3. Table 1 analog on the test split (100 pairs): keypoint transfer error (cm) per method for
    hip joints, S1, shoulder joints, median and mean +- sd over all; seconds per pair on this
-   machine (registration only; encoding both scans is timed apart). -> table1.json / .md,
-   overlays.png (Fig. 5-like).
+   machine (registration only; encoding both scans is timed apart); where the aligner's
+   correlation places each MRI map (placement_check) and how distinct its single cells are
+   (cell_match_check, what the salient method rests on). -> table1.json / .md, overlays.png
+   (Fig. 5-like).
 4. Annotation transfer: every method runs on the U-Net training subjects; the one with the
    lowest mean keypoint error there (identity and the keypoint floor excluded) moves their DXA
    masks onto their MRIs. U-Nets (configs/unet.py) train on MRI with (a) those masks, (b) the
@@ -174,6 +176,9 @@ def main(argv=None):
   placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs],
                                 encoders.stride(acfg))
   print(f'[registration] aligner placement on the test pairs: {placement}', flush=True)
+  cells = br.cell_match_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs],
+                              encoders.stride(acfg))
+  print(f'[registration] single cells on the test pairs: {cells}', flush=True)
   errors, seconds, transforms = registration_eval.run_methods(te_pairs, methods, spacing)
   rows = registration_eval.keypoint_table(errors, seconds)
   test_failures = dict(failures)
@@ -181,6 +186,7 @@ def main(argv=None):
       data=source, data_dir=ddir, split='test', pairs=len(te_pairs), spacing_mm=spacing,
       aligner=dict(workdir=args.aligner, step=int(step), config=acfg.to_dict()),
       encode_seconds_per_pair=encode_s, refiner=refine_info, aligner_placement=placement,
+      aligner_cells=cells,
       mi_channels=dict(mri=mi_channels[0], dxa=mi_channels[1], training_mean_cm=mi_scores),
       salient_ratio=dict(ratio=ratio, max_angle_deg=prior['max_angle_deg'], training_mean_cm={str(k): v for k, v in ratio_scores.items()}),
       failures_fell_back_to_identity=test_failures, rows=rows,
@@ -194,7 +200,8 @@ def main(argv=None):
       f'Keypoint transfer error (cm) on {len(te_pairs)} test pairs of {source}; '
       f'aligner {args.aligner} (step {step}); mean ± sd, seconds per pair of the '
       f'registration on this CPU (encoding both scans: {encode_s:.3f} s per pair).\n\n'
-      + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement) + '\n')
+      + md + '\n\nPlacement on the test pairs, ' + br.placement_sentence(placement)
+      + '\n\nSingle cells on the test pairs, ' + br.cell_match_sentence(cells) + '\n')
   registration_eval.overlay_figure(os.path.join(args.out, 'overlays.png'), te_pairs,
                             {k: v for k, v in transforms.items() if k != 'identity'},
                             args.overlay_pairs)

@@ -270,6 +270,58 @@ def placement_check(dxa_maps, mri_maps, truths, stride: int = STRIDE) -> dict:
               peak_in_top_row=float(np.mean(top)), mean_correlation_spread=float(np.mean(spread)))
 
 
+def cell_match_check(dxa_maps, mri_maps, truths, stride: int = STRIDE, ks=(1, 10)) -> dict:
+  """How distinct the aligner's single cells are, which the salient method rests on (the
+  correlation, summed over the whole map, does not need it).
+
+  For every MRI cell whose true position (truth in cells, as placement_check) lies on the DXA
+  map: whether one of its k most similar DXA cells (cosine) is within one cell of that position
+  in both axes, and the rank of the true position's nearest cell among all DXA cells as a
+  fraction (0: the most similar; about 0.5: no better than chance). -> pairs, stride_px,
+  top_k_correct {k: mean fraction over pairs}, chance {k: the same for a random ranking},
+  median_true_rank (mean over pairs of the median over cells).
+  """
+  ks = tuple(int(k) for k in ks)
+  hits, chance, ranks = {k: [] for k in ks}, {k: [] for k in ks}, []
+  for d, m, t in zip(dxa_maps, mri_maps, truths):
+    d, m = np.asarray(d, np.float64), np.asarray(m, np.float64)
+    hd, wd, c = d.shape
+    h, w = m.shape[:2]
+    unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    sim = unit(m.reshape(-1, c)) @ unit(d.reshape(-1, c)).T          # [h w, hd wd]
+    src = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).reshape(-1, 2).astype(float)
+    cells = t.change_units(1.0 / stride, (-(stride - 1) / 2 / stride,) * 2)
+    true = cells.apply(src)                                          # (x, y) on the DXA map
+    on = ((true[:, 0] > -0.5) & (true[:, 0] < wd - 0.5) & (true[:, 1] > -0.5)
+          & (true[:, 1] < hd - 0.5))
+    if not on.any():
+      continue
+    sim, true = sim[on], true[on]
+    tx, ty = np.arange(hd * wd) % wd, np.arange(hd * wd) // wd
+    near = ((np.abs(tx[None] - true[:, :1]) <= 1) & (np.abs(ty[None] - true[:, 1:]) <= 1))
+    order = np.argsort(-sim, axis=1)
+    for k in ks:
+      hits[k].append(np.take_along_axis(near, order[:, :k], 1).any(1).mean())
+      chance[k].append(np.minimum(1.0, k * near.sum(1) / (hd * wd)).mean())
+    ti = (np.clip(np.rint(true[:, 1]), 0, hd - 1) * wd + np.clip(np.rint(true[:, 0]), 0, wd - 1))
+    s_true = sim[np.arange(len(sim)), ti.astype(int)]
+    ranks.append(float(np.median((sim > s_true[:, None]).sum(1) / (hd * wd))))
+  return dict(pairs=len(ranks), stride_px=int(stride),
+              top_k_correct={k: float(np.mean(v)) for k, v in hits.items()},
+              chance={k: float(np.mean(v)) for k, v in chance.items()},
+              median_true_rank=float(np.mean(ranks)))
+
+
+def cell_match_sentence(check: dict) -> str:
+  """One line of a cell_match_check result, for the Markdown outputs."""
+  parts = [f'{check["top_k_correct"][k]:.1%} among its {k} most similar DXA cells (chance '
+           f'{check["chance"][k]:.1%})' for k in check['top_k_correct']]
+  return ('how distinct single cells are (what the salient method matches): an MRI cell\'s '
+          'true position (within one cell) is ' + ', '.join(parts) + '; the true cell ranks at '
+          f'{check["median_true_rank"]:.2f} of all DXA cells (median; 0 the most similar, '
+          f'0.5 chance).')
+
+
 def placement_sentence(placement: dict) -> str:
   """One line of a placement_check result, for the Markdown outputs."""
   return (f'where the aligner\'s own correlation (valid placements, as in training) puts each '
