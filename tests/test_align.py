@@ -216,6 +216,9 @@ def test_align_tables_plan():
   assert [o for r in starts for o in r[4] if 'starts=' in o] == ['--config.starts=1',
                                                                  '--config.starts=3']
   assert all('--config.eval_split=val' in r[4] for r in starts)
+  every = align_tables.runs([0], tuple(align_tables.TITLES))   # the other tables: one start
+  assert all(r[4].count('--config.starts=1') == 1 for r in every if r[0] != 'starts'), every
+  assert all(sum('--config.starts=' in o for o in r[4]) == 1 for r in every), every
 
 
 def test_every_config_argument_builds_and_scales():

@@ -204,12 +204,14 @@ def choose_start(config, workdir: str, train, has_validation: bool) -> int:
   steps = int(config.get('start_steps', 0) or 0)
   if not has_validation:
     raise ConfigError('starts > 1 chooses on the validation split: it needs validation pairs '
-                      'and eval_every > 0')
+                      'and eval_every > 0 (or --config.starts=1)')
   if not 0 < steps < config.steps:
-    raise ConfigError(f'start_steps must be in 1..{config.steps - 1} (steps); got {steps}')
+    raise ConfigError(f'start_steps must be in 1..{config.steps - 1} (steps); got {steps} '
+                      f'(or --config.starts=1)')
   root = os.path.join(workdir, 'starts')
   if os.path.isdir(os.path.join(workdir, 'checkpoints')) and not os.path.isdir(root):
-    raise ConfigError(f'{workdir} holds a run trained without starts; use a new workdir')
+    raise ConfigError(f'{workdir} holds a run trained without starts; use a new workdir (or '
+                      f'--config.starts=1 to go on with it)')
   starts = []
   for i in range(k):
     seed = config.seed + START_SEED_STRIDE * i
