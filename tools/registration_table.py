@@ -173,11 +173,10 @@ def main(argv=None):
                             stride=encoders.stride(acfg), refine_on=args.refiner,
                             normalise=norm)
   te_pairs = br.make_pairs(test, fd_te, fm_te)
-  placement = br.placement_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs],
-                                encoders.stride(acfg))
+  truths = [p.extra['truth'] for p in te_pairs]
+  placement = br.placement_check(fd_te, fm_te, truths, encoders.stride(acfg))
   print(f'[registration] aligner placement on the test pairs: {placement}', flush=True)
-  cells = br.cell_match_check(fd_te, fm_te, [p.extra['truth'] for p in te_pairs],
-                              encoders.stride(acfg))
+  cells = br.cell_match_check(fd_te, fm_te, truths, encoders.stride(acfg))
   print(f'[registration] single cells on the test pairs: {cells}', flush=True)
   errors, seconds, transforms = registration_eval.run_methods(te_pairs, methods, spacing)
   rows = registration_eval.keypoint_table(errors, seconds)
