@@ -16,8 +16,9 @@ is for 3 GPU-days; at a few CPU minutes it barely moves), each scan normalised p
 mean rank is evaluated. Three starts (`starts`; seeds seed, seed + 1000, seed + 2000) train
 `start_steps` = 200 steps each and the one with the lowest validation mean rank goes on
 (osteojax/align/train.py): a start that settles on a wrong correspondence is dropped, for 400
-more steps (~37 min on 2 cores in all); R@1 on 300 validation pairs 89.4 +- 7.1 % over 4 seeds
-against 78.5 +- 30.2 % with one start (`tools/align_tables.py --tables starts`).
+more steps (2,000 steps in all: ~37 min on 2 cores at ~1.1 s/step, ~65 min at 1.9 s/step);
+R@1 on 300 validation pairs 89.4 +- 7.1 % over 4 seeds against 78.5 +- 30.2 % with one start
+(`tools/align_tables.py --tables starts`).
 `--config.starts=1` trains the one start. `:legacy` is the recipe before (three poolings
 whatever the spacing, +-8 px, no rotation / gamma / normalisation), kept for the comparison (at
 its 400 steps). `:paper` gives the paper's values (full-size scans 800 x 300 / 501 x 224,
