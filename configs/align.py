@@ -9,16 +9,16 @@ mm), slim encoders (widths 16 / 32 / 64, 128-d output) scaled to the pixel spaci
 (`model.pools='auto'`: the number of poolings whose cell is nearest the paper's 17.6 mm; one at
 8.8 mm, maps 100 x 37 and 62 x 28; chosen on the validation split, docs/align.md), batch 16,
 1600 steps (R@1 on 300 validation pairs 78.5 +- 30.2 % over 4 seeds against 58.5 +- 26.4 % at
-800; ~30 min on 2 cores; `tools/align_tables.py --tables steps`), Adam lr 1e-3 (the paper's 1e-5
-is for 3 GPU-days; at a few CPU minutes it barely moves), each scan normalised per channel to
-[0, 1], and the authors' augmentation: +-10 degree rotation, +-1 px translation (their +-4 px at
-2 mm), brightness +-20 %, gamma from (1, 1, 0.5, 1.5). The checkpoint with the best validation
-mean rank is evaluated. Three starts (`starts`; seeds seed, seed + 1000, seed + 2000) train
-`start_steps` = 200 steps each and the one with the lowest validation mean rank goes on
-(osteojax/align/train.py): a start that settles on a wrong correspondence is dropped, for 400
-more steps (2,000 steps in all: ~37 min on 2 cores at ~1.1 s/step, ~65 min at 1.9 s/step);
-R@1 on 300 validation pairs 89.4 +- 7.1 % over 4 seeds against 78.5 +- 30.2 % with one start
-(`tools/align_tables.py --tables starts`).
+800; one start ~30 min on 2 cores; `tools/align_tables.py --tables steps`), Adam lr 1e-3 (the
+paper's 1e-5 is for 3 GPU-days; at a few CPU minutes it barely moves), each scan normalised per
+channel to [0, 1], and the authors' augmentation: +-10 degree rotation, +-1 px translation
+(their +-4 px at 2 mm), brightness +-20 %, gamma from (1, 1, 0.5, 1.5). The checkpoint with the
+best validation mean rank is evaluated. Three starts (`starts`; seeds seed, seed + 1000,
+seed + 2000) train `start_steps` = 200 steps each and the one with the lowest validation mean
+rank goes on (osteojax/align/train.py) to `steps`: a start that settles on a wrong correspondence is
+dropped, and the two dropped starts cost 400 steps (2,000 steps in all: ~37 min on 2 cores at
+~1.1 s/step, ~65 min at 1.9 s/step); R@1 on 300 validation pairs 89.4 +- 7.1 % over 4 seeds
+against 78.5 +- 30.2 % with one start (`tools/align_tables.py --tables starts`).
 `--config.starts=1` trains the one start. `:legacy` is the recipe before (three poolings
 whatever the spacing, +-8 px, no rotation / gamma / normalisation), kept for the comparison (at
 its 400 steps). `:paper` gives the paper's values (full-size scans 800 x 300 / 501 x 224,
@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.seed = 0                  # model init, batch order, augmentations (not the data)
   c.batch_size = 16           # global batch, split over devices; the negatives of each pair
   c.steps = 1600              # 64 epochs of the 400 training pairs, chosen on validation
-                              # against 800 (docs/align.md); ~30 min on 2 cores
+                              # against 800 (docs/align.md); one start ~30 min on 2 cores
   c.log_every = 25
   c.ckpt_every = 100
   c.eval_every = 50           # validation retrieval; the best mean rank's checkpoint is kept

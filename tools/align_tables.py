@@ -28,7 +28,7 @@ then writes <root>/align_tables.{md,json}: mean +- sd over seeds of each metric.
   STARTS_STEPS (1600), the same way; the curves of a run of several starts begin at the chosen
   start's history.
 
-  python tools/align_tables.py --root results/align_tables --seeds 0,1   # at the default
+  python tools/align_tables.py --root results/align_tables --seeds 0,1   # 800 steps, one start
   python tools/align_tables.py --root results/align_recipe --tables recipe --seeds 0,1
   python tools/align_tables.py --root results/align_schedule --tables schedule --seeds 0,1,2
   python tools/align_tables.py --root results/align_steps --tables steps --seeds 0,1,2,3
@@ -62,7 +62,7 @@ CHANNELS = [   # (name, DXA channels, MRI channels): the paper's Table 2 rows + 
     ('BT_FW', ('bone', 'tissue'), ('fat', 'water')),
 ]
 TEMPERATURES = (0.1, 0.05, 0.01, 0.005, 0.001)
-RECIPE_STEPS = 400   # the budget the recipe was chosen at (the default is now 800: its last row)
+RECIPE_STEPS = 400   # the budget the recipe was chosen at (its last row is 800, the next default)
 RECIPES = [   # (label, run name, config argument, overrides)
     ('earlier recipe: 3 poolings, +-8 px, no rotation / gamma / normalisation', 'legacy',
      'legacy', []),
