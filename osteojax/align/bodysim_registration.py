@@ -22,6 +22,7 @@ import numpy as np
 from osteojax.align import encoders, mi, pairs, refine, register, registration_eval, transfer
 
 from osteojax.align.rigid import Rigid2D
+from osteojax.align.synthetic import unit_rows
 from osteojax.data import bodysim
 
 STRIDE = 8   # the paper's encoder (three 2 x 2 max-poolings); encoders.stride(config) in general
@@ -237,16 +238,6 @@ def keypoint_geometry_similarity(data: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ diagnosis
-def _truth_in_cells(t: Rigid2D, stride: int) -> Rigid2D:
-  """A pixel transform (MRI px -> DXA px) as one between map cells (cell j at pixel
-  stride * j + (stride - 1) / 2, as register.to_pixels)."""
-  return t.change_units(1.0 / stride, (-(stride - 1) / 2 / stride,) * 2)
-
-
-def _unit_rows(v):
-  return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
 def placement_check(dxa_maps, mri_maps, truths, stride: int = STRIDE) -> dict:
   """Where the aligner's own similarity puts each MRI map on its DXA map, against the truth.
 
@@ -267,7 +258,7 @@ def placement_check(dxa_maps, mri_maps, truths, stride: int = STRIDE) -> dict:
     c = np.asarray(correlation.correlation_maps_fft(jnp.asarray(d[None]),
                                                     jnp.asarray(m[None])))[0, 0]
     iy, ix = np.unravel_index(np.argmax(c), c.shape)
-    cells = _truth_in_cells(t, stride)
+    cells = register.to_cells(t, stride)
     tx, ty = cells.apply([[0.0, 0.0]])[0]
     dist.append(float(np.hypot(ix - tx, iy - ty)))
     off.append((iy - ty, ix - tx))
@@ -297,9 +288,9 @@ def cell_match_check(dxa_maps, mri_maps, truths, stride: int = STRIDE, ks=(1, 10
     d, m = np.asarray(d, np.float64), np.asarray(m, np.float64)
     hd, wd, c = d.shape
     h, w = m.shape[:2]
-    sim = _unit_rows(m.reshape(-1, c)) @ _unit_rows(d.reshape(-1, c)).T    # [h w, hd wd]
+    sim = unit_rows(m.reshape(-1, c)) @ unit_rows(d.reshape(-1, c)).T      # [h w, hd wd]
     src = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).reshape(-1, 2).astype(float)
-    cells = _truth_in_cells(t, stride)
+    cells = register.to_cells(t, stride)
     true = cells.apply(src)                                          # (x, y) on the DXA map
     on = ((true[:, 0] > -0.5) & (true[:, 0] < wd - 0.5) & (true[:, 1] > -0.5)
           & (true[:, 1] < hd - 0.5))

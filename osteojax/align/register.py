@@ -58,6 +58,11 @@ def to_pixels(t: Rigid2D, stride: int = 8) -> Rigid2D:
   return t.change_units(stride, ((stride - 1) / 2, (stride - 1) / 2))
 
 
+def to_cells(t: Rigid2D, stride: int = 8) -> Rigid2D:
+  """An image-pixel transform in map units: the inverse of to_pixels."""
+  return t.to_px(stride, ((stride - 1) / 2, (stride - 1) / 2))
+
+
 # -------------------------------------------------------------------------------- resampling
 def _bilinear(m, xy):
   """Sample m [h, w, C] at points xy [..., 2] (x, y); zero outside. -> ([..., C], weight [...]).

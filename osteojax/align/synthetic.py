@@ -16,7 +16,8 @@ import SimpleITK as sitk
 from osteojax.align.rigid import Rigid2D
 
 
-def _normalise(x):
+def unit_rows(x):
+  """Each row of x scaled to unit L2 norm (numpy; zero rows stay zero)."""
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -50,12 +51,12 @@ def make_pair(src_hw, tgt_hw, transform: Rigid2D, channels: int = 16, length: fl
   """
   field = RandomField(channels, length, seed)
   (h, w), (hh, ww) = src_hw, tgt_hw
-  tgt = _normalise(field(grid_xy(hh, ww))).reshape(hh, ww, channels)
+  tgt = unit_rows(field(grid_xy(hh, ww))).reshape(hh, ww, channels)
   src = field(transform.apply(grid_xy(h, w)))
   if noise:
     rng = np.random.default_rng([seed, 1])
     src = src + noise * np.std(src) * rng.normal(size=src.shape)
-  src = _normalise(src).reshape(h, w, channels)
+  src = unit_rows(src).reshape(h, w, channels)
   return src.astype(np.float32), tgt.astype(np.float32)
 
 
