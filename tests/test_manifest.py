@@ -215,15 +215,29 @@ def test_bad_manifests_one_line(bodysim_and_manifest, tmp_path):
   assert 'no such manifest' in err(os.path.join(base, 'absent.csv'))
 
 
-def test_entry_point_bad_manifest_one_line(tmp_path):
-  """A bad manifest stops `python -m osteojax.main` with one line and exit status 2, before
-  any checkpoint is written."""
-  work = tmp_path / 'run'
-  r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config', 'configs/align.py:tiny',
-                      '--workdir', str(work), f'--config.data.manifest={tmp_path}/absent.csv'],
-                     cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
-                     encoding='utf-8', errors='replace', timeout=300)
-  assert r.returncode == 2
-  lines = r.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error:') and 'no such manifest' in lines[0]
-  assert not (work / 'checkpoints').exists()
+def test_entry_point_bad_manifest_one_line(bodysim_and_manifest, tmp_path):
+  """A bad manifest, or a bad file it names, stops `python -m osteojax.main` with one line and
+  exit status 2 before anything is written: an earlier run's config.json stays as it was."""
+  _, path = bodysim_and_manifest
+  base = os.path.dirname(path)
+  with open(os.path.join(base, 'garbled.nrrd'), 'wb') as f:
+    f.write(b'not an image')
+  def garbled(d):
+    d.loc[len(d) - 1, 'mri_fat'] = 'garbled.nrrd'     # the last row: a test pair
+    return d
+  cases = [(str(tmp_path / 'absent.csv'), 'no such manifest'),
+           (_rewrite(path, tmp_path, garbled), 'garbled.nrrd: cannot read image')]
+  for i, (csv, expect) in enumerate(cases):
+    work = tmp_path / f'run{i}'
+    work.mkdir()
+    (work / 'config.json').write_text('{"earlier": "run"}')
+    r = subprocess.run([sys.executable, '-m', 'osteojax.main', '--config',
+                        'configs/align.py:tiny', '--workdir', str(work),
+                        f'--config.data.manifest={csv}'],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                       encoding='utf-8', errors='replace', timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error:') and expect in lines[0], lines
+    assert os.listdir(work) == ['config.json']
+    assert (work / 'config.json').read_text() == '{"earlier": "run"}'

@@ -116,8 +116,8 @@ def place(arr: np.ndarray, canvas) -> tuple[np.ndarray, tuple[int, int]]:
   return out, (offs[0], offs[1])
 
 
-def _keypoints(path: str, grid: sitk.Image, offset) -> np.ndarray:
-  """Physical [x, y] points (JSON) -> (row, col) canvas pixels of the resampled grid."""
+def _read_points(path: str) -> np.ndarray:
+  """The physical [x, y] points of a keypoints JSON file, one per bodysim.KEYPOINTS."""
   try:
     with open(path, encoding='utf-8') as f:
       pts = np.asarray(json.load(f), float)
@@ -126,12 +126,18 @@ def _keypoints(path: str, grid: sitk.Image, offset) -> np.ndarray:
   if pts.shape != (len(bodysim.KEYPOINTS), 2):
     raise OsteoDataError(path, f'expected {len(bodysim.KEYPOINTS)} [x, y] points '
                                f'({", ".join(bodysim.KEYPOINTS)}), got shape {pts.shape}')
+  return pts
+
+
+def _keypoints(pts: np.ndarray, grid: sitk.Image, offset) -> np.ndarray:
+  """Physical [x, y] points -> (row, col) canvas pixels of the resampled grid."""
   idx = np.array([grid.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in pts])
   return np.stack([idx[:, 1] + offset[0], idx[:, 0] + offset[1]], axis=1)
 
 
-def _scan(row, modality: str, channels, spacing: float, canvas, base: str):
-  """One scan's channels [Hc, Wc, C], its mask, keypoints and PatientID."""
+def _read_scan(row, modality: str, channels, base: str):
+  """One scan's files read and checked: (channel images on one grid, its mask image or None,
+  its keypoints [x, y] or None, its DICOM PatientID or '')."""
   path = lambda col: os.path.join(base, row[col].strip())
   read = [read_image(path(f'{modality}_{c}')) for c in channels]
   imgs = [img for img, _ in read]
@@ -141,22 +147,52 @@ def _scan(row, modality: str, channels, spacing: float, canvas, base: str):
         or not np.allclose(im.GetOrigin(), ref.GetOrigin())):
       raise OsteoDataError(path(f'{modality}_{c}'), f'its grid differs from the '
                            f'{modality.upper()} {channels[0]} channel of subject {row.subject!r}')
+  mask = pts = None
+  if row.get(f'{modality}_mask', '').strip():
+    mask, _ = read_image(path(f'{modality}_mask'))
+    if mask.GetSize() != ref.GetSize():
+      raise OsteoDataError(path(f'{modality}_mask'), f'size {mask.GetSize()} differs from its '
+                           f'scan\'s {ref.GetSize()}')
+  if row.get(f'{modality}_keypoints', '').strip():
+    pts = _read_points(path(f'{modality}_keypoints'))
+  return imgs, mask, pts, read[0][1]
+
+
+def _same_patient(path: str, row, dxa_id: str, mri_id: str) -> None:
+  if dxa_id and mri_id and dxa_id != mri_id:
+    raise OsteoDataError(path, f'subject {row.subject!r}: the DXA is of patient {dxa_id!r} but '
+                               f'the MRI of patient {mri_id!r}')
+
+
+def _scan(row, modality: str, channels, spacing: float, canvas, base: str):
+  """One scan's channels [Hc, Wc, C], its mask, keypoints and PatientID."""
+  imgs, m, pts, pid = _read_scan(row, modality, channels, base)
   grids = [resample(im, spacing) for im in imgs]
   arr = np.stack([sitk.GetArrayFromImage(g) for g in grids], axis=-1).astype(np.float32)
   if not np.isfinite(arr).all():
-    raise OsteoDataError(path(f'{modality}_{channels[0]}'), 'NaN or infinite pixels')
+    raise OsteoDataError(os.path.join(base, row[f'{modality}_{channels[0]}'].strip()),
+                         'NaN or infinite pixels')
   arr, offset = place(arr, canvas)
   mask = np.zeros(tuple(canvas), np.uint8)
-  if row.get(f'{modality}_mask', '').strip():
-    m, _ = read_image(path(f'{modality}_mask'))
-    if m.GetSize() != ref.GetSize():
-      raise OsteoDataError(path(f'{modality}_mask'), f'size {m.GetSize()} differs from its '
-                           f'scan\'s {ref.GetSize()}')
+  if m is not None:
     mask = place(sitk.GetArrayFromImage(resample(m, spacing, labels=True)), canvas)[0]
   kp = np.full((len(bodysim.KEYPOINTS), 2), np.nan)
-  if row.get(f'{modality}_keypoints', '').strip():
-    kp = _keypoints(path(f'{modality}_keypoints'), grids[0], offset)
-  return arr, mask, kp, read[0][1]
+  if pts is not None:
+    kp = _keypoints(pts, grids[0], offset)
+  return arr, mask, kp, pid
+
+
+def check(path: str, dxa_channels, mri_channels) -> None:
+  """Every file the manifest names read and checked (every split), as load would read it, so
+  that a bad file stops a run before it writes anything: OsteoDataError, one line, for the
+  first problem. Reads each image once more than load does (2-D scans: quick)."""
+  dxa_channels, mri_channels = tuple(dxa_channels), tuple(mri_channels)
+  df = read_manifest(path, dxa_channels, mri_channels)
+  base = os.path.dirname(os.path.abspath(path))
+  for _, row in df.iterrows():
+    dxa_id = _read_scan(row, 'dxa', dxa_channels, base)[-1]
+    mri_id = _read_scan(row, 'mri', mri_channels, base)[-1]
+    _same_patient(path, row, dxa_id, mri_id)
 
 
 def load(path: str, split: str, dxa_channels, mri_channels, spacing_mm: float, dxa_canvas,
@@ -177,9 +213,7 @@ def load(path: str, split: str, dxa_channels, mri_channels, spacing_mm: float, d
   for _, row in rows.iterrows():
     d, dm, dk, dp = _scan(row, 'dxa', dxa_channels, spacing_mm, dxa_canvas, base)
     m, mm, mk, mp = _scan(row, 'mri', mri_channels, spacing_mm, mri_canvas, base)
-    if dp and mp and dp != mp:
-      raise OsteoDataError(path, f'subject {row.subject!r}: the DXA is of patient {dp!r} but '
-                                 f'the MRI of patient {mp!r}')
+    _same_patient(path, row, dp, mp)
     for k, v in zip(out, (d, m, dm, mm, dk, mk)):
       out[k].append(v)
   res = {k: np.stack(v) for k, v in out.items()}

@@ -137,6 +137,15 @@ def validation_fn(config, model):
   return eval_fn
 
 
+def check_config(config) -> None:
+  """Before tasks.run saves the config: with config.data.manifest, every file it names is read
+  and checked (manifest.check), so a bad file stops the run with one line and leaves an
+  earlier run's config.json in the workdir as it was."""
+  if config.data.get('manifest'):
+    from osteojax.align import manifest
+    manifest.check(config.data.manifest, config.model.dxa_channels, config.model.mri_channels)
+
+
 def run(config, workdir: str):
   """Train on the BodySim train split, then evaluate the test split into workdir."""
   from osteojax.align import retrieval   # imports matplotlib; only needed here
