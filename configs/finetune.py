@@ -17,7 +17,8 @@ lr 3e-4); its intensity augmentation ('scanner'), class weighting ('balanced'), 
 (16 epochs at 3e-4), the gate's device embedding scale (SD 1) and readout (the diagnosis
 ranked by the T-score of the BMD head's reading at the device's reference, score='t') were
 chosen on the validation split, never on test (tools/recipe_choices.py, rounds 'first',
-'schedule', 'intensity' and 'readout'; docs/diagnosis.md, "Recipe choices"). `:paper` gives
+'schedule', 'intensity' and 'readout'; docs/diagnosis.md, "Recipe choices"); a random
+translation of the ROI (augment.shift_vox) lowered validation AUC in round 'spatial' and is off. `:paper` gives
 the paper's values (ResNet34-3D, batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of
 400 epochs) on the full-size data.
 `:tiny` is for tests.
@@ -62,7 +63,8 @@ def get_config(arg=None):
                                       # 'device': per device (ablation)
       class_weight='balanced'))       # 'none' | 'balanced' (CE weights n / (2 n_class))
   c.augment = ml_collections.ConfigDict(dict(
-      flip_prob=0.5, intensity='scanner'))   # augment.INTENSITY_MODES
+      flip_prob=0.5, intensity='scanner',   # augment.INTENSITY_MODES
+      shift_vox=0))           # random translation by up to this many voxels per axis (0: none)
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_epochs=1, decay='cosine',
       ema_decay=0.0))         # > 0: evaluate and keep a moving average of the weights

@@ -61,3 +61,35 @@ def test_flip_permutes_voxels():
   _, x = _volume()
   y = augment.augment_original(x, jax.random.PRNGKey(5), 1.0, 'none', pool.HU_WINDOW)
   np.testing.assert_array_equal(np.asarray(y), np.asarray(x)[::-1, ::-1, ::-1])
+
+
+def _zero_filled_shift(x, d):
+  """x moved by d = (dz, dy, dx) voxels, the uncovered border zero (written with numpy)."""
+  out = np.zeros_like(x)
+  src = tuple(slice(max(0, -s), x.shape[i] - max(0, s)) for i, s in enumerate(d))
+  dst = tuple(slice(max(0, s), x.shape[i] - max(0, -s)) for i, s in enumerate(d))
+  out[dst] = x[src]
+  return out
+
+
+def test_shift_translates_by_whole_voxels_within_the_bound():
+  x = np.random.default_rng(0).random((7, 8, 9)).astype(np.float32)
+  np.testing.assert_array_equal(augment.shift(x, jax.random.PRNGKey(0), 0), x)
+  seen = set()
+  for i in range(40):
+    y = np.asarray(augment.shift(jnp.asarray(x), jax.random.PRNGKey(i), 2))
+    hits = [d for d in np.ndindex(5, 5, 5)
+            if np.array_equal(y, _zero_filled_shift(x, tuple(v - 2 for v in d)))]
+    assert len(hits) == 1                 # exactly one translation within +-2 voxels per axis
+    seen.add(hits[0])
+  assert len(seen) > 10                   # and not always the same one
+
+
+def test_shift_vox_zero_leaves_the_default_draws_unchanged():
+  _, x = _volume()
+  k = jax.random.PRNGKey(3)
+  a = augment.augment_original(x, k, 0.5, 'scanner', pool.HU_WINDOW)
+  b = augment.augment_original(x, k, 0.5, 'scanner', pool.HU_WINDOW, shift_vox=0)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  c = augment.augment_original(x, k, 0.5, 'scanner', pool.HU_WINDOW, shift_vox=1)
+  assert np.asarray(c).shape == np.asarray(a).shape

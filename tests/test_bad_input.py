@@ -317,6 +317,8 @@ def test_main_bad_config_value_is_one_line(tmp_path):
            ('configs/finetune.py', '--config.score=bogus', "config.score 'bogus'"),
            ('configs/finetune.py', '--config.loss.class_weight=bogus',
             "unknown config.loss.class_weight 'bogus'"),
+           ('configs/finetune.py', '--config.augment.shift_vox=-1',
+            'config.augment.shift_vox must be a whole number'),
            ('configs/tp_swav.py', '--config.views=bogus', "unknown config.views 'bogus'"),
            ('configs/swinmm.py', '--config.swinmm.mask_patch=3', 'mask_patch 3 must divide'),
            ('configs/swinmm.py', '--config.model.name=resnet3d', 'must be swin3d'),

@@ -1,12 +1,14 @@
 """Fine-tuning recipe choices, made on the validation split: a table of variants.
 
   python tools/recipe_choices.py --seeds 0 1 --out results/recipe [--variants NAME ...]
-      [--epochs 8] [--arg '']
+      [--epochs 8] [--arg ''] [--report-only]
   python tools/recipe_choices.py --round schedule --seeds 0 1 2 --out results/recipe_schedule \
       --init runs/default/pretrain
   python tools/recipe_choices.py --round intensity --seeds 0 1 2 --out results/recipe_intensity \
       --init runs/default/pretrain
   python tools/recipe_choices.py --round readout --seeds 0 1 2 --out results/recipe_readout \
+      --init runs/default/pretrain
+  python tools/recipe_choices.py --round spatial --seeds 0 1 2 --out results/recipe_spatial \
       --init runs/default/pretrain
   python tools/recipe_choices.py --round encoders --seeds 0 --out results/recipe_encoders \
       [--variants swin3d_lr1e-4 swin3d_lr3e-4 ...]
@@ -24,7 +26,8 @@ from scratch (class loss, one head, the fine-tuning default otherwise) at lr 1e-
 schedule round with each intensity augmentation, both readouts (the first round chose it with
 the class head ranking), and the scale of the MoE gate's device embedding. Round 'readout':
 the default and the calibrated gate, each read out by the class head, the BMD reading and its
-T-score (config.score='t'). Every run is `python -m osteojax.main --config
+T-score (config.score='t'). Round 'spatial': the default with a random translation of the
+ROI (config.augment.shift_vox), read out by the T-score. Every run is `python -m osteojax.main --config
 configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted ones
 resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each epoch,
 all sites pooled): the kept epoch's AUC (the epoch of best AUC + BMD R^2, config.select), the
@@ -110,15 +113,32 @@ INTENSITIES = {
 # default and the calibrated-gate variant of round 'intensity', each read out three ways.
 READOUT_VARIANTS = {'default': INTENSITIES['scanner'],
                     'device_embed_std1': INTENSITIES['device_embed_std1']}
+# Round 'spatial': the default after round 'readout' (written out), with a random translation of
+# the ROI by whole voxels (zero-filled), an augmentation that leaves every intensity as it was.
+SPATIAL_BASE = {'loss.class_weight': 'balanced', 'optim.lr': 3e-4, 'epochs': 16,
+                'score': 't', 'head.device_embed_std': 1.0, 'augment.intensity': 'scanner'}
+SHIFTS = {'default': ('no translation (the default)', {'augment.shift_vox': 0}),
+          'shift2': ('+ translation by up to +-2 voxels per axis (3.6 mm)',
+                     {'augment.shift_vox': 2}),
+          'shift4': ('+ translation by up to +-4 voxels per axis (7.2 mm)',
+                     {'augment.shift_vox': 4})}
 ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES),
           'encoders': (ENCODER_BASE, ENCODER_LRS), 'intensity': (INTENSITY_BASE, INTENSITIES),
-          'readout': (INTENSITY_BASE, READOUT_VARIANTS)}
+          'readout': (INTENSITY_BASE, READOUT_VARIANTS), 'spatial': (SPATIAL_BASE, SHIFTS)}
 READOUTS = ('prob', 'bmd')
 
 
+def run_dir(out, name, seed) -> str:
+  return os.path.join(out, f'{name}_s{seed}')
+
+
+def finished(wd) -> bool:
+  return os.path.exists(os.path.join(wd, 'predictions.csv'))
+
+
 def run(out, name, seed, epochs, arg, round_name='first', init=''):
-  wd = os.path.join(out, f'{name}_s{seed}')
-  if os.path.exists(os.path.join(wd, 'predictions.csv')):
+  wd = run_dir(out, name, seed)
+  if finished(wd):
     return wd
   base, variants = ROUNDS[round_name]
   over = {'seed': seed, **base, **variants[name][1]}
@@ -176,6 +196,8 @@ def main():
   ap.add_argument('--out', default='results/recipe')
   ap.add_argument('--epochs', type=int, default=None, help='override config.epochs')
   ap.add_argument('--arg', default='', help="config argument ('' = CPU default, tiny)")
+  ap.add_argument('--report-only', action='store_true',
+                  help='train nothing: tabulate the finished runs (a row gives its seed count)')
   a = ap.parse_args()
   variants = ROUNDS[a.round][1]
   names = a.variants or list(variants)
@@ -184,15 +206,19 @@ def main():
     ap.error(f'variant(s) {unknown} are not in round {a.round!r}: {", ".join(variants)}')
   if a.round == 'encoders' and a.init:
     ap.error("round 'encoders' trains every encoder from scratch; --init does not apply")
-  readouts = {'schedule': READOUTS, 'intensity': READOUTS,
-              'readout': READOUTS + ('t',)}.get(a.round, (None,))
+  readouts = {'schedule': READOUTS, 'intensity': READOUTS, 'readout': READOUTS + ('t',),
+              'spatial': ('t',)}.get(a.round, (None,))
   res = {}
   for seed in a.seeds:                   # seed-major: an interrupted sweep covers every row
     for name in names:
-      wd = run(a.out, name, seed, a.epochs, a.arg, a.round, a.init)
+      wd = run_dir(a.out, name, seed)
+      if not a.report_only:
+        run(a.out, name, seed, a.epochs, a.arg, a.round, a.init)
+      elif not finished(wd):
+        continue
       for r in readouts:
         res.setdefault((name, r), []).append(dict(seed=seed, **summarise(wd, r)))
-  bias = a.round in ('intensity', 'readout')     # + the BMD error per maker
+  bias = a.round in ('intensity', 'readout', 'spatial')     # + the BMD error per maker
   makers = ('hologic', 'ge_lunar', 'medix')
   lines = ['| variant | what changes | readout | seeds | validation AUC, kept epoch | '
            'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |'
@@ -206,7 +232,7 @@ def main():
             f'{", ".join(str(r["best_epoch"]) for r in rs)} of {rs[0]["epochs"]} | '
             f'{_ms(mae) if mae else "-"} |')
     if bias:
-      b = [device_bias(os.path.join(a.out, f'{name}_s{r["seed"]}')) for r in rs]
+      b = [device_bias(run_dir(a.out, name, r['seed'])) for r in rs]
       line += ' ' + ' / '.join(f'{np.mean([x[m] for x in b]):+.3f}' for m in makers) + ' |'
     lines.append(line)
   text = '\n'.join(lines) + '\n'

@@ -14,6 +14,10 @@ choices compared on the validation split (docs/diagnosis.md, "Recipe choices"):
   'scanner'  + that offset and a bone gain U(1 - g, 1 + g), g = half the kV-gain span (0.07);
   'legacy'   the first build's scale U(0.9, 1.1) and shift U(-0.1, 0.1) of the normalised
              input (a shift of up to +-150 HU), kept as the ablation that shows the damage.
+
+A random translation by whole voxels (`shift`, zero-filled: the volume outside the vertebra
+mask is zero already) moves the vertebra in its ROI and leaves every intensity, and so the
+density, as it was.
 """
 from __future__ import annotations
 
@@ -52,6 +56,17 @@ def flip(x, key, flip_prob: float):
   return x
 
 
+def shift(x, key, max_vox: int):
+  """x [D, H, W] translated by a random whole number of voxels in [-max_vox, max_vox] on each
+  axis, the uncovered border filled with zeros (max_vox 0: x unchanged)."""
+  if max_vox == 0:
+    return x
+  m = int(max_vox)
+  start = jax.random.randint(key, (3,), 0, 2 * m + 1)
+  padded = jnp.pad(x, m)
+  return jax.lax.dynamic_slice(padded, start, x.shape)
+
+
 def perturb_intensity(x, key, mode: str, hu_window: tuple[float, float]):
   """The intensity perturbation `mode` of a normalised original volume x [D, H, W].
 
@@ -75,7 +90,11 @@ def perturb_intensity(x, key, mode: str, hu_window: tuple[float, float]):
   return jnp.where(x != 0, y, 0.0)
 
 
-def augment_original(x, key, flip_prob: float, intensity: str, hu_window):
-  """Flips and the intensity perturbation of a normalised original volume x [D, H, W]."""
+def augment_original(x, key, flip_prob: float, intensity: str, hu_window, shift_vox: int = 0):
+  """Flips, the intensity perturbation and (shift_vox > 0) a random translation of a normalised
+  original volume x [D, H, W]."""
   kf, ki = jax.random.split(key)
-  return perturb_intensity(flip(x, kf, flip_prob), ki, intensity, hu_window)
+  x = perturb_intensity(flip(x, kf, flip_prob), ki, intensity, hu_window)
+  if shift_vox:   # its own key, so that shift_vox=0 draws the flips and intensities as before
+    x = shift(x, jax.random.fold_in(key, 1), shift_vox)
+  return x

@@ -180,8 +180,8 @@ def make_loss_fn(config, model):
     del step
     x = batch['image']
     keys = lib.example_keys(rng, x.shape[0])
-    x = jax.vmap(lambda v, k: augment.augment_original(v, k, a.flip_prob, a.intensity,
-                                                       pool.HU_WINDOW))(x, keys)
+    x = jax.vmap(lambda v, k: augment.augment_original(
+        v, k, a.flip_prob, a.intensity, pool.HU_WINDOW, a.get('shift_vox', 0)))(x, keys)
     out, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, x[..., None],
                                 batch['device'], train=True, mutable=['batch_stats'])
     loss, metrics = multitask.multitask_loss(out, batch, config.loss)
@@ -340,6 +340,10 @@ def check_config(config) -> None:
     raise ConfigError(f'unknown config.loss.class_weight {config.loss.class_weight!r}; known: '
                       f'{", ".join(CLASS_WEIGHTS)}')
   augment.intensity_bounds(config.augment.intensity)
+  sv = config.augment.get('shift_vox', 0)
+  if isinstance(sv, bool) or not isinstance(sv, int) or sv < 0:
+    raise ConfigError(f'config.augment.shift_vox must be a whole number of voxels >= 0, '
+                      f'got {sv!r}')
 
 
 def selection_metrics(y, prob, bmd=None, bmd_pred=None, select: str = 'auc+bmd_r2',
