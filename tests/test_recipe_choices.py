@@ -26,11 +26,12 @@ def test_report_only_tabulates_finished_runs(tmp_path):
   _fake_run(out / 'shift2_s1', [0.90, 0.60], [0.10, 0.20])
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'recipe_choices.py'),
                       '--round', 'spatial', '--seeds', '0', '1', '--out', str(out),
-                      '--report-only'], capture_output=True, text=True, cwd=ROOT,
+                      '--report-only'], capture_output=True, encoding='utf-8', errors='replace',
+                     cwd=ROOT,
                      env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   rows = {l.split(' | ')[0].strip('| '): l.split(' | ')
-          for l in (out / 'recipe.md').read_text().splitlines()[2:]}
+          for l in (out / 'recipe.md').read_text(encoding='utf-8').splitlines()[2:]}
   assert set(rows) == {'default', 'shift2'}           # shift4 has no finished run
   d = rows['default']
   assert d[2:8] == ['t', '1', '0.800', '0.825', '2 of 3', '0.090']   # late half: epochs 2-3
