@@ -115,8 +115,7 @@ READOUT_VARIANTS = {'default': INTENSITIES['scanner'],
                     'device_embed_std1': INTENSITIES['device_embed_std1']}
 # Round 'spatial': the default after round 'readout' (written out), with a random translation of
 # the ROI by whole voxels (zero-filled), an augmentation that leaves every intensity as it was.
-SPATIAL_BASE = {'loss.class_weight': 'balanced', 'optim.lr': 3e-4, 'epochs': 16,
-                'score': 't', 'head.device_embed_std': 1.0, 'augment.intensity': 'scanner'}
+SPATIAL_BASE = {**INTENSITY_BASE, **INTENSITIES['device_embed_std1'][1], 'score': 't'}
 SHIFTS = {'default': ('no translation (the default)', {'augment.shift_vox': 0}),
           'shift2': ('+ translation by up to +-2 voxels per axis (3.6 mm)',
                      {'augment.shift_vox': 2}),
