@@ -14,6 +14,8 @@ def _fake_run(wd, aucs, r2s):
                   loss_class=0.5) for i, (a, r) in enumerate(zip(aucs, r2s))]
   with open(os.path.join(wd, 'validation.json'), 'w', encoding='utf-8') as f:
     json.dump(dict(entries=entries, best_step=31), f)
+  with open(os.path.join(wd, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(dict(eval_every_epochs=1), f)
   with open(os.path.join(wd, 'predictions.csv'), 'w', encoding='utf-8') as f:
     f.write('split,device,bmd,bmd_pred\nvalid,hologic,1.0,1.1\nvalid,ge_lunar,1.0,0.9\n'
             'valid,medix,1.0,1.0\ntest,hologic,1.0,9.0\n')
@@ -37,4 +39,6 @@ def test_report_only_tabulates_finished_runs(tmp_path):
   assert d[2:8] == ['t', '1', '0.800', '0.825', '2 of 3', '0.090']   # late half: epochs 2-3
   assert d[8].strip(' |') == '+0.100 / -0.100 / +0.000'            # validation rows only
   assert rows['shift2'][2:7] == ['t', '1', '0.900', '0.600', '1 of 2']
-  assert sorted(os.listdir(out)) == ['default_s0', 'recipe.json', 'recipe.md', 'shift2_s1']
+  assert sorted(os.listdir(out)) == ['default_s0', 'recipe.json', 'recipe.md', 'shift2_s1',
+                                     'validation_curves.png']
+  assert (out / 'validation_curves.png').stat().st_size > 1000

@@ -10,6 +10,8 @@
       --init runs/default/pretrain
   python tools/recipe_choices.py --round spatial --seeds 0 1 2 --out results/recipe_spatial \
       --init runs/default/pretrain
+  python tools/recipe_choices.py --round length --seeds 0 1 2 --out results/recipe_length \
+      --init runs/default/pretrain
   python tools/recipe_choices.py --round encoders --seeds 0 --out results/recipe_encoders \
       [--variants swin3d_lr1e-4 swin3d_lr3e-4 ...]
 
@@ -27,13 +29,16 @@ schedule round with each intensity augmentation, both readouts (the first round 
 the class head ranking), and the scale of the MoE gate's device embedding. Round 'readout':
 the default and the calibrated gate, each read out by the class head, the BMD reading and its
 T-score (config.score='t'). Round 'spatial': the default with a random translation of the
-ROI (config.augment.shift_vox), read out by the T-score. Every run is `python -m osteojax.main --config
+ROI (config.augment.shift_vox), read out by the T-score. Round 'length': the default trained
+for more steps (24 or 32 epochs, or batches of 16; the cosine schedule over each length), read out
+by the T-score. Every run is `python -m osteojax.main --config
 configs/finetune.py --workdir <out>/<variant>_s<seed>` (finished runs skipped, interrupted ones
 resumed). The table reads only <workdir>/validation.json (validation vertebra AUC each epoch,
 all sites pooled): the kept epoch's AUC (the epoch of best AUC + BMD R^2, config.select), the
 mean AUC over the last half of the epochs (less noisy than a maximum), the kept epoch, and the
-validation BMD MAE there. The test split is never read. Writes <out>/recipe.md and
-<out>/recipe.json.
+validation BMD MAE there. The test split is never read. Writes <out>/recipe.md,
+<out>/recipe.json and <out>/validation_curves.png (validation AUC by the run's own config.score
+against epochs, one panel per variant, one line per seed).
 """
 import argparse
 import functools
@@ -121,9 +126,21 @@ SHIFTS = {'default': ('no translation (the default)', {'augment.shift_vox': 0}),
                      {'augment.shift_vox': 2}),
           'shift4': ('+ translation by up to +-4 voxels per axis (7.2 mm)',
                      {'augment.shift_vox': 4})}
+# Round 'length': the default after round 'spatial' (the same settings as its base) trained for
+# more steps, the cosine schedule stretched over them: more epochs, or the same 16 epochs in
+# batches of 16 (twice the steps for the same passes over the data, about the same compute).
+# Whether 16 epochs of 32 is converged: the kept epochs of the earlier rounds sat at 12-15 of 16.
+# Rule: the earlier rounds' (highest mean validation AUC at the kept epoch, then the last-half
+# mean); as each longer variant costs about 1.5x the default's fine-tuning time, and make run has
+# 15 min on 2 cores, one replaces the default only if its lead exceeds the default's seed SD.
+LENGTHS = {'e16': ('16 epochs of batches of 32 (the default)', {}),
+           'e24': ('24 epochs', {'epochs': 24}),
+           'b16': ('16 epochs of batches of 16 (twice the steps)', {'batch_size': 16}),
+           'e32': ('32 epochs', {'epochs': 32})}
 ROUNDS = {'first': (BASE, VARIANTS), 'schedule': (SCHEDULE_BASE, SCHEDULES),
           'encoders': (ENCODER_BASE, ENCODER_LRS), 'intensity': (INTENSITY_BASE, INTENSITIES),
-          'readout': (INTENSITY_BASE, READOUT_VARIANTS), 'spatial': (SPATIAL_BASE, SHIFTS)}
+          'readout': (INTENSITY_BASE, READOUT_VARIANTS), 'spatial': (SPATIAL_BASE, SHIFTS),
+          'length': (SPATIAL_BASE, LENGTHS)}
 READOUTS = ('prob', 'bmd')
 
 
@@ -206,7 +223,7 @@ def main():
   if a.round == 'encoders' and a.init:
     ap.error("round 'encoders' trains every encoder from scratch; --init does not apply")
   readouts = {'schedule': READOUTS, 'intensity': READOUTS, 'readout': READOUTS + ('t',),
-              'spatial': ('t',)}.get(a.round, (None,))
+              'spatial': ('t',), 'length': ('t',)}.get(a.round, (None,))
   res = {}
   for seed in a.seeds:                   # seed-major: an interrupted sweep covers every row
     for name in names:
@@ -217,7 +234,7 @@ def main():
         continue
       for r in readouts:
         res.setdefault((name, r), []).append(dict(seed=seed, **summarise(wd, r)))
-  bias = a.round in ('intensity', 'readout', 'spatial')     # + the BMD error per maker
+  bias = a.round in ('intensity', 'readout', 'spatial', 'length')     # + the BMD error per maker
   makers = ('hologic', 'ge_lunar', 'medix')
   lines = ['| variant | what changes | readout | seeds | validation AUC, kept epoch | '
            'validation AUC, last half of epochs | kept epoch | validation BMD MAE (g/cm²) |'
@@ -239,6 +256,10 @@ def main():
   dio.atomic_write_text(os.path.join(a.out, 'recipe.md'), text)
   dio.atomic_write_text(os.path.join(a.out, 'recipe.json'), json.dumps(
       {f'{n}/{r or "prob"}': v for (n, r), v in res.items()}, indent=1))
+  # the grid's figure, one panel per variant (the AUC of the run's own config.score)
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  from run_experiments import plot_validation_curves
+  plot_validation_curves(a.out, names, a.seeds, os.path.join(a.out, 'validation_curves.png'))
   print(text)
 
 

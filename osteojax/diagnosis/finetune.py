@@ -398,7 +398,7 @@ def validation_fn(model, pools: pool_data.PoolSet, stats: dict, with_bmd: bool,
 def validation_auc(entry: dict) -> float:
   """The validation AUC of one validation.json entry (histories written before config.select
   have only 'score', which was the AUC)."""
-  return entry.get('auc', entry['score'])
+  return entry['auc'] if 'auc' in entry else entry['score']
 
 
 def read_validation(workdir: str) -> tuple[list, int]:
