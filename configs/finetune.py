@@ -18,7 +18,8 @@ lr 3e-4); its intensity augmentation ('scanner'), class weighting ('balanced'), 
 ranked by the T-score of the BMD head's reading at the device's reference, score='t') were
 chosen on the validation split, never on test (tools/recipe_choices.py, rounds 'first',
 'schedule', 'intensity' and 'readout'; docs/diagnosis.md, "Recipe choices"); a random
-translation of the ROI (augment.shift_vox) lowered validation AUC in round 'spatial' and is off. `:paper` gives
+translation of the ROI (augment.shift_vox) lowered validation AUC in round 'spatial' and is off;
+24 epochs or batches of 16 did not beat 16 epochs of 32 in round 'length' (converged). `:paper` gives
 the paper's values (ResNet34-3D, batch 32, AdamW lr 1e-5, weight decay 0.1, 150 warm-up of
 400 epochs) on the full-size data.
 `:tiny` is for tests.
